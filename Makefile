@@ -1,0 +1,39 @@
+# The two commands a fresh machine needs:
+#   make run    set up .venv from nothing, then start the main job
+#   make test   set up .venv from nothing, then run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test test-all lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch==2.13.0 comes first so nothing pulls a CUDA build in its place.
+	$(BIN)/python -m pip install --quiet "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Until the server lands (issue 5) and the default model is trained (issue 3), the main job
+# animates the bundled sample with an untrained lite network: real shapes and timing, no lip-sync.
+run: setup
+	$(BIN)/pmmtalk animate samples/hello.wav --untrained lite -o out/hello.json
+
+test: setup
+	$(BIN)/python -m pytest
+
+# Includes the slow tests (paper-preset forward passes).
+test-all: setup
+	$(BIN)/python -m pytest -m "slow or not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Clients of the server: Python, browser, game engines (issue 6)."""

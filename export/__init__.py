@@ -1,0 +1,1 @@
+"""Export of the trained network to ONNX and TensorRT, and the runtime backends (issue 4)."""

@@ -1,0 +1,1 @@
+"""The PMMTalk network: components, presets, losses, metrics and checkpoints."""

@@ -1,0 +1,1 @@
+"""The FastAPI application: REST and WebSocket endpoints (issue 5)."""
