@@ -1,0 +1,117 @@
+"""The ``pmmtalk`` command line."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from models.checkpoint import CheckpointError
+from models.config import PRESETS
+from pmmtalk.errors import InputError
+
+app = typer.Typer(
+    name="pmmtalk",
+    help="PMMTalk Server: speech to 32 ARKit blendshapes at 30 fps.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+logger = logging.getLogger("pmmtalk")
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code=2)
+
+
+def _check_preset(name: str | None) -> str | None:
+    if name is not None and name not in PRESETS:
+        raise typer.BadParameter(f"choose one of {sorted(PRESETS)}")
+    return name
+
+
+@app.callback()
+def main(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log progress to stderr.")
+    ] = False,
+) -> None:
+    """Set up logging once, here, rather than at import time."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+@app.command()
+def animate(
+    audio: Annotated[Path, typer.Argument(help="Speech file: WAV, FLAC, OGG, any rate/channels.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Result file: .json, .csv or .npy.")
+    ],
+    face: Annotated[
+        Path | None,
+        typer.Option(help="Reference face photo; the bundled default face when omitted."),
+    ] = None,
+    style: Annotated[
+        int | None,
+        typer.Option(help="Training-subject style index; the average style when omitted."),
+    ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="Checkpoint directory; the bundled default model when omitted."),
+    ] = None,
+    untrained: Annotated[
+        str | None,
+        typer.Option(
+            help="Run a randomly initialised PRESET (lite or paper) instead of a checkpoint: "
+            "shapes and speed only, the motion is meaningless.",
+            callback=_check_preset,
+        ),
+    ] = None,
+    device: Annotated[str, typer.Option(help="PyTorch device, e.g. cpu or cuda.")] = "cpu",
+) -> None:
+    """Animate a speech file offline and write the 32 coefficients per frame."""
+    from pmmtalk.animate import Animator
+    from pmmtalk.audio import load_audio
+    from pmmtalk.face import load_image
+    from pmmtalk.outputs import write_animation
+
+    if untrained is not None and checkpoint is not None:
+        raise _fail("give either --checkpoint or --untrained, not both")
+    try:
+        samples = load_audio(audio)
+        photo = load_image(face) if face is not None else None
+        animator = (
+            Animator.untrained(untrained, device)
+            if untrained is not None
+            else Animator.from_checkpoint(checkpoint, device)
+        )
+        started = time.perf_counter()
+        result = animator.animate(samples, photo, style)
+        elapsed_s = time.perf_counter() - started
+        written = write_animation(result, output)
+    except (InputError, CheckpointError, ValueError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(
+        f"{written}: {result.frames.shape[0]} frames at {result.fps} fps for "
+        f"{result.duration_s:.2f} s of speech ({result.model}, {elapsed_s:.2f} s compute)"
+    )
+
+
+@app.command("model-info")
+def model_info(
+    preset: Annotated[
+        str, typer.Option(help="Preset to describe (lite or paper).", callback=_check_preset)
+    ] = "lite",
+    seconds: Annotated[float, typer.Option(help="Clip length the MACs are counted on.")] = 1.0,
+) -> None:
+    """Parameter count and multiply-adds per second of audio, per component."""
+    from models.profile import profile_preset
+
+    report = profile_preset(preset, seconds)
+    typer.echo(report.to_markdown())
