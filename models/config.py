@@ -99,6 +99,8 @@ class Wav2LipConfig:
 
     A 1x1 convolution at ``embed_dim`` channels precedes them, as in the official network."""
     output_hidden: int = 32
+    channel_order: Literal["rgb", "bgr"] = "bgr"
+    """Colour order the generator's weights expect: official Wav2Lip checkpoints saw OpenCV's BGR."""
 
 
 @dataclass(frozen=True)
@@ -267,6 +269,7 @@ def lite_config() -> PMMTalkConfig:
             audio_stages=((8, 0), (16, 1), (32, 1), (64, 1)),
             decoder_stages=((64, 0), (48, 1), (32, 0), (16, 0)),
             output_hidden=8,
+            channel_order="rgb",
         ),
         image=ImageEncoderConfig(
             cnn_channels=(16, 32),

@@ -122,6 +122,8 @@ class PMMTalk(nn.Module):
         size = self.cfg.wav2lip.img_size
         if face.shape[-2:] != (size, size):
             raise ValueError(f"reference face must be {size}x{size}, got {tuple(face.shape[-2:])}")
+        if self.cfg.wav2lip.channel_order == "bgr":
+            face = face.flip(1)  # (B, 3, H, W) RGB -> BGR
         return self.generator.encode_identity(self.generator.reference_input(face))
 
     def encode_speech(self, wave: Tensor, num_frames: int) -> SpeechFeatures:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -90,11 +92,44 @@ def test_paper_preset_parameter_count_matches_its_parts() -> None:
     text = count_parameters(model.text)
     generator = count_parameters(model.generator)
     assert 310e6 < audio < 320e6  # wav2vec 2.0 large: 315 M
-    assert 300e6 < text < 315e6  # 24 large blocks + projection + 1024x3503 head, no CNN
+    assert 305e6 < text < 320e6  # 24 large blocks, conv positions, 1024x3503 head; no CNN
     assert 36e6 < generator < 37e6  # official Wav2Lip generator: 36.3 M
     assert 640e6 < count_parameters(model) < 720e6
+
+
+def test_paper_preset_runs_forward_on_cpu() -> None:
+    """The full-size network instantiates with random weights and runs (about 30 s, 4 GB)."""
+    torch.manual_seed(0)
+    model = PMMTalk(paper_config()).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 8000) * 0.1, torch.rand(1, 3, 96, 96), style=4)
+    assert out.blendshapes.shape == (1, 15, 32)
+    assert out.text.shape == (1, 15, 3503)
+    assert torch.isfinite(out.blendshapes).all()
 
 
 def test_wrong_face_size_is_rejected(tiny_model: PMMTalk) -> None:
     with pytest.raises(ValueError, match="48x48"):
         tiny_model.encode_face(torch.rand(1, 3, 96, 96))
+
+
+def test_bgr_generators_receive_the_face_channel_flipped(tiny_config: PMMTalkConfig) -> None:
+    """Official Wav2Lip weights expect BGR; the model flips the RGB reference for them."""
+    torch.manual_seed(2)
+    rgb_model = PMMTalk(
+        dataclasses.replace(
+            tiny_config, wav2lip=dataclasses.replace(tiny_config.wav2lip, channel_order="rgb")
+        )
+    ).eval()
+    bgr_model = PMMTalk(
+        dataclasses.replace(
+            tiny_config, wav2lip=dataclasses.replace(tiny_config.wav2lip, channel_order="bgr")
+        )
+    ).eval()
+    bgr_model.load_state_dict(rgb_model.state_dict())
+    face = face_for(tiny_config)
+    with torch.no_grad():
+        via_bgr = bgr_model.encode_face(face)
+        via_rgb = rgb_model.encode_face(face.flip(1))
+    for a, b in zip(via_bgr, via_rgb, strict=True):
+        torch.testing.assert_close(a, b)
