@@ -64,6 +64,20 @@ def audio_config_from_hf(hf: Wav2Vec2Config, normalize_input: bool) -> AudioEnco
     )
 
 
+def text_config_from_hf(hf: Wav2Vec2Config) -> TextDecoderConfig:
+    """The `TextDecoderConfig` that describes a Hugging Face wav2vec 2.0 CTC config."""
+    return TextDecoderConfig(
+        hidden_size=hf.hidden_size,
+        num_layers=hf.num_hidden_layers,
+        num_heads=hf.num_attention_heads,
+        intermediate_size=hf.intermediate_size,
+        num_conv_pos_embeddings=hf.num_conv_pos_embeddings,
+        num_conv_pos_embedding_groups=hf.num_conv_pos_embedding_groups,
+        do_stable_layer_norm=hf.do_stable_layer_norm,
+        vocab_size=int(hf.vocab_size or 0),
+    )
+
+
 def num_latent_frames(num_samples: int) -> int:
     """Latent frames the CNN yields for ``num_samples`` samples (0 below one receptive field)."""
     if num_samples < RECEPTIVE_FIELD_SAMPLES:

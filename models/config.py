@@ -100,7 +100,7 @@ class Wav2LipConfig:
     A 1x1 convolution at ``embed_dim`` channels precedes them, as in the official network."""
     output_hidden: int = 32
     channel_order: Literal["rgb", "bgr"] = "bgr"
-    """Colour order the generator's weights expect: official Wav2Lip checkpoints saw OpenCV's BGR."""
+    """Colour order the generator's weights expect (official Wav2Lip checkpoints saw BGR)."""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,12 @@ from transformers.models.wav2vec2.modeling_wav2vec2 import (
     Wav2Vec2FeatureProjection,
 )
 
-from models.audio_encoder import config_mismatch, existing_model_dir, hf_config
+from models.audio_encoder import (
+    config_mismatch,
+    existing_model_dir,
+    hf_config,
+    text_config_from_hf,
+)
 from models.config import AudioEncoderConfig, TextDecoderConfig
 
 logger = logging.getLogger(__name__)
@@ -59,16 +64,7 @@ class TextDecoder(nn.Module):
         directory = existing_model_dir(path, "wav2vec 2.0 CTC")
         loaded = Wav2Vec2ForCTC.from_pretrained(str(directory))
         hf = loaded.config
-        found = TextDecoderConfig(
-            hidden_size=hf.hidden_size,
-            num_layers=hf.num_hidden_layers,
-            num_heads=hf.num_attention_heads,
-            intermediate_size=hf.intermediate_size,
-            num_conv_pos_embeddings=hf.num_conv_pos_embeddings,
-            num_conv_pos_embedding_groups=hf.num_conv_pos_embedding_groups,
-            do_stable_layer_norm=hf.do_stable_layer_norm,
-            vocab_size=int(hf.vocab_size or 0),
-        )
+        found = text_config_from_hf(hf)
         problems = config_mismatch(self.cfg, found)
         if hf.conv_dim[-1] != self.audio_cfg.latent_dim:
             problems.append(
