@@ -8,6 +8,8 @@ gives the same values as the whole clip wherever both have the surrounding laten
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -21,11 +23,17 @@ def latent_position(frame_index: Tensor, fps: int = FPS) -> Tensor:
     return (time_samples - RECEPTIVE_FIELD_SAMPLES / 2) / HOP_SAMPLES
 
 
-def samples_for_frames(num_frames: int, fps: int = FPS) -> int:
-    """Smallest input length whose latents reach past the last frame's time (so no clamping)."""
-    last = latent_position(torch.tensor(num_frames - 1), fps).item()
-    latents_needed = max(int(last) + 2, 1)
-    return (latents_needed - 1) * HOP_SAMPLES + RECEPTIVE_FIELD_SAMPLES
+def samples_for_frames(num_frames: Any, fps: int = FPS) -> Any:
+    """Smallest input length whose latents reach past the last frame's time (so no clamping).
+
+    Integer arithmetic, so it also works on the symbolic sizes of an ONNX export. The last
+    frame's latent position ``((T - 1) * sr / fps - 200) / 320`` is, over a common denominator,
+    ``((T - 1) * sr - 200 fps) / (320 fps)``; floor division gives its integer part, and the max
+    with 0 covers T = 1, whose position is slightly negative. Valid for ``num_frames >= 1``.
+    """
+    numerator = (num_frames - 1) * SAMPLE_RATE_HZ - (RECEPTIVE_FIELD_SAMPLES // 2) * fps
+    last = torch.sym_max(numerator // (HOP_SAMPLES * fps), 0)
+    return (last + 1) * HOP_SAMPLES + RECEPTIVE_FIELD_SAMPLES
 
 
 def features_to_frames(features: Tensor, num_frames: int, fps: int = FPS) -> Tensor:
