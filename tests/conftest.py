@@ -1,4 +1,4 @@
-"""A tiny PMMTalk config: every module present, small enough for fast CPU tests."""
+"""Shared fixtures: a tiny PMMTalk config, every module present, small enough for fast CPU tests."""
 
 from __future__ import annotations
 
