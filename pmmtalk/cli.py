@@ -20,6 +20,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+export_app = typer.Typer(help="Export the network for other runtimes.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
 logger = logging.getLogger("pmmtalk")
 
 
@@ -115,3 +118,55 @@ def model_info(
 
     report = profile_preset(preset, seconds)
     typer.echo(report.to_markdown())
+
+
+@export_app.command("onnx")
+def export_onnx_command(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the .onnx files.")],
+    checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint directory to export.")] = None,
+    untrained: Annotated[
+        str | None,
+        typer.Option(
+            help="Export a randomly initialised PRESET (lite or paper) instead of a checkpoint: "
+            "for shape and speed work only.",
+            callback=_check_preset,
+        ),
+    ] = None,
+) -> None:
+    """Export face_encoder.onnx and speech_to_frames.onnx, then check them against PyTorch."""
+    import torch
+
+    from export.onnx import PARITY_TOLERANCE, check_parity, export_onnx
+    from models.checkpoint import load_checkpoint
+    from models.config import preset_config
+    from models.pmmtalk import PMMTalk
+
+    if checkpoint is not None and untrained is not None:
+        raise _fail("give either --checkpoint or --untrained, not both")
+    try:
+        if untrained is not None:
+            torch.manual_seed(0)
+            model = PMMTalk(preset_config(untrained)).eval()
+        elif checkpoint is not None:
+            model = load_checkpoint(checkpoint).model
+        else:
+            raise _fail("give --checkpoint DIR, or --untrained PRESET for random weights")
+        exported = export_onnx(model, output)
+        results = check_parity(model, exported)
+    except (CheckpointError, ValueError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"wrote {exported.face_encoder} and {exported.speech_to_frames}")
+    for result in results:
+        typer.echo(
+            f"{result.samples} samples ({result.frames} frames): "
+            f"max abs error {result.max_abs_error:.2e}"
+        )
+    worst = max(result.max_abs_error for result in results)
+    if worst > PARITY_TOLERANCE:
+        typer.secho(
+            f"error: ONNX output differs from PyTorch by {worst:.2e} (tolerance "
+            f"{PARITY_TOLERANCE:.0e}); do not deploy these files",
+            err=True,
+            fg=typer.colors.RED,
+        )
+        raise typer.Exit(code=1)
