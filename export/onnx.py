@@ -22,14 +22,12 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.blendshapes import num_frames
 from models.checkpoint import load_checkpoint
 from models.config import PMMTalkConfig
-from models.mel import mel_windows
-from models.pmmtalk import PMMTalk, SpeechFeatures
-from models.resample import features_to_frames, samples_for_frames
+from models.pmmtalk import PMMTalk
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +44,6 @@ def identity_names(cfg: PMMTalkConfig) -> list[str]:
     return [f"identity_{i}" for i in range(len(cfg.wav2lip.face_stages) + 2)]
 
 
-def frames_for_samples(num_samples: Any, cfg: PMMTalkConfig) -> Any:
-    """ceil(num_samples * fps / sample_rate) in integer arithmetic (works on SymInts too)."""
-    return (num_samples * cfg.fps + cfg.sample_rate_hz - 1) // cfg.sample_rate_hz
-
-
 class FaceEncoder(nn.Module):
     """Export wrapper: face (1, 3, S, S) RGB in [0, 1] -> identity_0 .. identity_k."""
 
@@ -65,9 +58,7 @@ class FaceEncoder(nn.Module):
 class SpeechToFrames(nn.Module):
     """Export wrapper: wave (1, N), style (1, 64), identity pyramid -> blendshapes (1, T, 32).
 
-    Mirrors `PMMTalk.encode_speech` + `PMMTalk.decode` with the frame count T derived from N, the
-    padding length computed as a symbolic max (no data-dependent branch), and the CNN called
-    without `SpeechEncoder.extract_latents`' length check, which the padding already satisfies.
+    `PMMTalk.encode_speech` + `PMMTalk.decode`, with the frame count T derived from N in-graph.
     """
 
     def __init__(self, model: PMMTalk) -> None:
@@ -75,28 +66,10 @@ class SpeechToFrames(nn.Module):
         self.model = model
 
     def forward(self, wave: Tensor, style: Tensor, identity: list[Tensor]) -> Tensor:
-        model = self.model
-        cfg = model.cfg
-        num_samples = wave.shape[-1]
-        frames = frames_for_samples(num_samples, cfg)
-        needed = samples_for_frames(frames, cfg.fps)
-        padded = F.pad(wave, (0, torch.sym_max(needed, num_samples) - num_samples))  # (1, S')
-        if model.speech.cfg.normalize_input:
-            mean = padded.mean(dim=-1, keepdim=True)
-            var = padded.var(dim=-1, keepdim=True, unbiased=False)
-            padded = (padded - mean) / torch.sqrt(var + 1e-7)
-        latents = model.speech.wav2vec2.feature_extractor(padded).transpose(1, 2)  # (1, F, C)
-        audio = model.speech.contextualize(latents)  # (1, F, Da)
-        text = model.text(latents).softmax(dim=-1)  # (1, F, V)
-        windows = mel_windows(
-            model.mel(wave), frames, fps=cfg.fps, mel_steps=cfg.wav2lip.mel_steps
-        )  # (1, T, 1, num_mels, mel_steps)
-        speech = SpeechFeatures(
-            audio=features_to_frames(audio, frames, cfg.fps),
-            text=features_to_frames(text, frames, cfg.fps),
-            mel_windows=windows,
-        )
-        return model.decode(speech, identity, style).blendshapes  # (1, T, 32)
+        cfg = self.model.cfg
+        frames = num_frames(wave.shape[-1], cfg.sample_rate_hz, cfg.fps)
+        speech = self.model.encode_speech(wave, frames)
+        return self.model.decode(speech, identity, style).blendshapes  # (1, T, 32)
 
 
 def metadata(cfg: PMMTalkConfig, extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -57,14 +57,16 @@ NUM_BLENDSHAPES: Final = len(BLENDSHAPE_NAMES)
 def num_frames(num_samples: int, sample_rate_hz: int, fps: int = FPS) -> int:
     """Frames for a clip: exactly ``ceil(num_samples * fps / sample_rate_hz)``.
 
-    Integer arithmetic, so no float rounding can add or drop a frame on long clips.
+    Integer arithmetic, so no float rounding can add or drop a frame on long clips. The ceiling
+    is written with non-negative operands only, because ONNX's integer division truncates where
+    Python's floors, and the exported graph computes this from a symbolic length.
     """
     if num_samples < 0 or sample_rate_hz <= 0 or fps <= 0:
         raise ValueError(
             f"num_frames needs num_samples >= 0 and positive rates, got "
             f"{num_samples=}, {sample_rate_hz=}, {fps=}"
         )
-    return -(-num_samples * fps // sample_rate_hz)
+    return (num_samples * fps + sample_rate_hz - 1) // sample_rate_hz
 
 
 def frame_time_s(index: int, fps: int = FPS) -> float:

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -132,7 +133,8 @@ class PMMTalk(nn.Module):
         The wave is zero-padded on the right so the CNN latents reach past the last frame.
         """
         needed = samples_for_frames(num_frames, self.cfg.fps)
-        padded = F.pad(wave, (0, max(0, needed - wave.shape[-1])))
+        # sym_max, not max: the ONNX export traces this with a symbolic length.
+        padded = F.pad(wave, (0, torch.sym_max(needed, wave.shape[-1]) - wave.shape[-1]))
         latents, audio = self.speech(padded)  # (B, F, C), (B, F, Da)
         text = self.text(latents).softmax(dim=-1)  # (B, F, V)
         mel = self.mel(wave)  # (B, num_mels, M)
