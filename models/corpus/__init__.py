@@ -1,0 +1,1 @@
+"""The generated training corpus: TTS engines, phone sets, viseme targets, augmentation."""

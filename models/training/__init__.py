@@ -1,0 +1,1 @@
+"""Training: recogniser and generator pretraining, the PMMTalk trainer, evaluation."""
