@@ -106,6 +106,93 @@ def animate(
     )
 
 
+@app.command()
+def render(
+    audio: Annotated[Path, typer.Argument(help="Speech file: WAV, FLAC, OGG, any rate/channels.")],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", help="Video to write (.mp4); the curves go to a .png beside it."
+        ),
+    ],
+    face_seed: Annotated[
+        int | None,
+        typer.Option(min=0, help="Draw a random face from this seed; a fixed face if omitted."),
+    ] = None,
+    coefficients: Annotated[
+        Path | None,
+        typer.Option(
+            help="Render these coefficients (.npy, .json or .csv) instead of running a network."
+        ),
+    ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="Checkpoint directory; the bundled default model when omitted."),
+    ] = None,
+    untrained: Annotated[
+        str | None,
+        typer.Option(
+            help="Run a randomly initialised PRESET (lite or paper) instead of a checkpoint: "
+            "shapes and speed only, the motion is meaningless.",
+            callback=_check_preset,
+        ),
+    ] = None,
+    size: Annotated[int, typer.Option(help="Face panel side in pixels (even, 64-1024).")] = 256,
+    device: Annotated[str, typer.Option(help="PyTorch device, e.g. cpu or cuda.")] = "cpu",
+) -> None:
+    """Render a lip-sync review video: the animated face beside its curves, with the speech."""
+    import numpy as np
+
+    from models.blendshapes import SAMPLE_RATE_HZ
+    from models.renderer import FaceIdentity
+    from pmmtalk.animate import Animator
+    from pmmtalk.audio import load_audio
+    from pmmtalk.video import (
+        VideoEncodingError,
+        check_video_options,
+        read_animation,
+        write_curves_png,
+        write_render,
+    )
+
+    if untrained is not None and checkpoint is not None:
+        raise _fail("give either --checkpoint or --untrained, not both")
+    if coefficients is not None and (untrained is not None or checkpoint is not None):
+        raise _fail(
+            "--coefficients renders a file without a network: drop --checkpoint/--untrained"
+        )
+    try:
+        check_video_options(output, size)
+        samples = load_audio(audio)
+        if coefficients is not None:
+            result = read_animation(coefficients)
+        else:
+            animator = (
+                Animator.untrained(untrained, device)
+                if untrained is not None
+                else Animator.from_checkpoint(checkpoint, device)
+            )
+            result = animator.animate(samples)
+        identity = (
+            None if face_seed is None else FaceIdentity.random(np.random.default_rng(face_seed))
+        )
+        video = write_render(
+            output, samples, SAMPLE_RATE_HZ, result.frames, identity, size, result.fps
+        )
+        curves = write_curves_png(
+            output.with_suffix(".png"), result.frames, result.fps, result.names
+        )
+    except (InputError, CheckpointError, ValueError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from exc
+    except VideoEncodingError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(code=1) from exc
+    typer.echo(
+        f"{video}: {result.frames.shape[0]} frames at {result.fps} fps ({result.model}); "
+        f"curves in {curves}"
+    )
+
+
 @app.command("model-info")
 def model_info(
     preset: Annotated[
