@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from models.blendshapes import BLENDSHAPE_NAMES, FPS, SAMPLE_RATE_HZ, STYLE_DIM
+from models.corpus.phones import VOCABULARY as PHONE_VOCABULARY
 
 PresetName = Literal["paper", "lite"]
 
@@ -257,7 +258,9 @@ def lite_config() -> PMMTalkConfig:
             intermediate_size=384,
             num_conv_pos_embeddings=32,
             num_conv_pos_embedding_groups=8,
-            vocab_size=128,
+            # CTC over the project's phone sets (blank, silence, English and Mandarin phones);
+            # trained here as a phoneme recogniser (models/training/recognizer.py).
+            vocab_size=len(PHONE_VOCABULARY),
         ),
         # 24 px frames: the generator runs once per output frame, so its resolution dominates
         # the cost (48 px with the same widths costs about 4x more per second of speech).
