@@ -193,6 +193,207 @@ def render(
     )
 
 
+def _recipe(name: str) -> str:
+    from models.training.recipe import RECIPES
+
+    if name not in RECIPES:
+        raise typer.BadParameter(f"choose one of {sorted(RECIPES)}")
+    return name
+
+
+@app.command()
+def train(
+    recipe: Annotated[
+        str,
+        typer.Option(
+            help="Training recipe: default (the shipped model, under 2 h on 2 cores) or quick "
+            "(minutes, to try the pipeline).",
+            callback=_recipe,
+        ),
+    ] = "default",
+    work_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where the corpus, stage states and caches go; rerun with the same directory "
+            "to resume. Default: runs/<recipe>."
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Checkpoint directory to write. Default: the bundled model's place "
+            "(models/default) for the default recipe, WORK_DIR/model otherwise.",
+        ),
+    ] = None,
+    ablate: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Train the last stage without this part (text, image, audio, tem, sem); "
+            "repeat for several. Reuses WORK_DIR's pretrained parts.",
+        ),
+    ] = None,
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            help="Fine-tune this checkpoint on --data instead of running a recipe "
+            "(the parts the paper freezes stay frozen)."
+        ),
+    ] = None,
+    data: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="KIND:DIR for --init, KIND one of corpus, livelink (Live Link Face CSV + WAV "
+            "takes) or plain (audio + same-stem .npy of shape (T, 32) at 30 fps); repeatable."
+        ),
+    ] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs of fine-tuning (with --init).")] = 20,
+) -> None:
+    """Train a model from nothing: generate the corpus, pretrain the parts the paper freezes,
+    train PMMTalk, and write a checkpoint whose metadata holds the recipe and its timings."""
+    from models.training.recipe import DATA_KINDS, RECIPES, finetune, run_ablation, run_recipe
+    from models.training.trainer import TrainConfig
+    from pmmtalk.animate import DEFAULT_CHECKPOINT_DIR
+
+    if (init is None) != (not data):
+        raise _fail("fine-tuning takes both --init CHECKPOINT and at least one --data KIND:DIR")
+    if init is not None:
+        sources: list[tuple[str, Path]] = []
+        for item in data or []:
+            kind, sep, root = item.partition(":")
+            if not sep or kind not in DATA_KINDS or not root:
+                raise _fail(f"--data takes KIND:DIR with KIND in {DATA_KINDS}, got {item!r}")
+            sources.append((kind, Path(root)))
+        folder = work_dir if work_dir is not None else Path("runs") / "finetune"
+        target = output if output is not None else folder / "model"
+        try:
+            metadata = finetune(init, sources, TrainConfig(epochs=epochs), folder, target)
+        except (InputError, CheckpointError, ValueError, FileNotFoundError) as exc:
+            raise _fail(str(exc)) from exc
+        typer.echo(f"{target}: fine-tuned; best validation {metadata['finetune']['best_val']}")
+        return
+
+    chosen = RECIPES[recipe]()
+    folder = work_dir if work_dir is not None else Path("runs") / recipe
+    if ablate:
+        target = output if output is not None else folder / ("without-" + "-".join(sorted(ablate)))
+    elif output is not None:
+        target = output
+    else:
+        target = DEFAULT_CHECKPOINT_DIR if recipe == "default" else folder / "model"
+    try:
+        if ablate:
+            metadata = run_ablation(chosen, folder, ablate, target)
+        else:
+            metadata = run_recipe(chosen, folder, target)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        raise _fail(str(exc)) from exc
+    last = next(v for k, v in reversed(metadata["stages"].items()) if k.startswith("pmmtalk"))
+    typer.echo(
+        f"{target}: trained in {metadata['training_seconds']:.0f} s of stage time "
+        f"(stages: {metadata['stage_seconds']}); best validation: {last.get('best_val')}"
+    )
+
+
+@app.command("eval")
+def evaluate_command(
+    corpus: Annotated[Path, typer.Option(help="Corpus directory (from pmmtalk corpus).")],
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="Checkpoint directory; the bundled default model when omitted."),
+    ] = None,
+    split: Annotated[str, typer.Option(help="Corpus split to score: test or val.")] = "test",
+    face: Annotated[
+        Path | None,
+        typer.Option(help="Real reference photo; the bundled default face when omitted."),
+    ] = None,
+    ablation: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=DIR: also score an ablation checkpoint; repeatable."),
+    ] = None,
+    max_clips: Annotated[
+        int | None, typer.Option(min=1, help="Score only the first N clips.")
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Also write the tables to this Markdown file.")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write every figure to this JSON file.")
+    ] = None,
+) -> None:
+    """Score a model on held-out speech: LVE and ALE per language and voice group, two
+    baselines, optional ablations, and phonetic sanity checks."""
+    import json
+
+    from models.training.report import evaluation_report
+    from pmmtalk.animate import DEFAULT_CHECKPOINT_DIR
+    from pmmtalk.face import load_image
+
+    if split not in ("test", "val", "train"):
+        raise _fail(f"unknown split {split!r}; choose test, val or train")
+    ablations: dict[str, Path] = {}
+    for item in ablation or []:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise _fail(f"--ablation takes NAME=DIR, got {item!r}")
+        ablations[name] = Path(folder)
+    try:
+        photo = load_image(face) if face is not None else None
+        result = evaluation_report(
+            checkpoint if checkpoint is not None else DEFAULT_CHECKPOINT_DIR,
+            corpus,
+            split=split,
+            photo=photo,
+            ablations=ablations,
+            max_clips=max_clips,
+        )
+    except (InputError, CheckpointError, ValueError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(result.markdown)
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(result.markdown + "\n", encoding="utf-8")
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+@app.command()
+def corpus(
+    out_dir: Annotated[
+        Path, typer.Argument(help="Folder for the corpus; an interrupted run resumes in it.")
+    ],
+    size: Annotated[int, typer.Option(min=1, help="Number of utterances.")],
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same corpus.")],
+    languages: Annotated[
+        str, typer.Option(help="Comma-separated languages to speak: en, zh or both.")
+    ] = "en,zh",
+    workers: Annotated[int, typer.Option(min=1, help="Synthesis processes.")] = 2,
+) -> None:
+    """Generate the synthetic TTS training corpus (audio, phone tables, blendshape targets)."""
+    from models.corpus.espeak import EngineUnavailableError
+    from models.corpus.generate import generate_corpus
+    from models.corpus.phones import LANGUAGES
+
+    chosen = {language.strip() for language in languages.split(",") if language.strip()}
+    if not chosen or not chosen <= set(LANGUAGES):
+        raise _fail(f"--languages takes a comma-separated subset of {','.join(LANGUAGES)}")
+    started = time.perf_counter()
+    try:
+        info = generate_corpus(
+            out_dir, size, seed, [lang for lang in LANGUAGES if lang in chosen], workers=workers
+        )
+    except (EngineUnavailableError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    elapsed_s = time.perf_counter() - started
+    splits = ", ".join(f"{split} {count}" for split, count in info.counts.items())
+    typer.echo(
+        f"{out_dir}: {info.size} utterances ({splits}), {info.hours:.2f} h of audio, "
+        f"in {elapsed_s:.0f} s ({info.size / max(elapsed_s, 1e-9):.1f} utterances/s)"
+    )
+
+
 @app.command("model-info")
 def model_info(
     preset: Annotated[
