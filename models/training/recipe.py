@@ -70,11 +70,11 @@ def default_recipe() -> Recipe:
     """The shipped model's recipe, sized to finish within 2 hours on a 2-core CPU."""
     return Recipe(
         name="default",
-        corpus_size=2400,
+        corpus_size=1200,
         corpus_seed=1,
-        recognizer=RecognizerConfig(epochs=12, batch_seconds=80.0, lr=2e-3, warmup_steps=100),
-        generator=GeneratorTrainConfig(epochs=4, frames_per_batch=128, identities=256),
-        trainer=TrainConfig(epochs=40, batch_size=16, crop_seconds=4.0),
+        recognizer=RecognizerConfig(epochs=12, batch_seconds=80.0, lr=2e-3, warmup_steps=200),
+        generator=GeneratorTrainConfig(epochs=100, max_steps=2000, lr=2e-3, identities=256),
+        trainer=TrainConfig(epochs=20, batch_size=8, crop_seconds=4.0, lr=1e-3, warmup_steps=150),
     )
 
 

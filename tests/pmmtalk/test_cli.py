@@ -130,3 +130,39 @@ def test_untrained_preset_runs(speech: Path, tmp_path: Path) -> None:
     assert np.load(out).shape == (39, 32)
     bad = runner.invoke(app, ["animate", str(speech), "--untrained", "huge", "-o", str(out)])
     assert bad.exit_code == 2
+
+
+def test_train_fine_tuning_needs_both_init_and_data(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train", "--init", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "--data" in result.output
+    result = runner.invoke(app, ["train", "--data", f"plain:{tmp_path}"])
+    assert result.exit_code == 2
+
+
+def test_train_rejects_an_unknown_data_kind(checkpoint_dir: Path, tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["train", "--init", str(checkpoint_dir), "--data", f"mocap:{tmp_path}"]
+    )
+    assert result.exit_code == 2
+    assert "KIND:DIR" in result.output
+
+
+def test_train_rejects_an_unknown_recipe() -> None:
+    result = runner.invoke(app, ["train", "--recipe", "huge"])
+    assert result.exit_code == 2
+    assert "default" in result.output
+
+
+def test_eval_explains_a_bad_ablation_argument(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["eval", "--corpus", str(tmp_path), "--ablation", "notext"])
+    assert result.exit_code == 2
+    assert "NAME=DIR" in result.output
+
+
+def test_eval_names_a_missing_corpus(checkpoint_dir: Path, tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["eval", "--corpus", str(tmp_path / "nowhere"), "--checkpoint", str(checkpoint_dir)]
+    )
+    assert result.exit_code == 2
+    assert "nowhere" in result.output
