@@ -18,10 +18,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Until the server lands (issue 5) and the default model is trained (issue 3), the main job
-# animates the bundled sample with an untrained lite network: real shapes and timing, no lip-sync.
+# Until the server lands (issue 5), the main job animates the bundled sample with the bundled
+# default model (models/default, trained by `pmmtalk train`).
 run: setup
-	$(BIN)/pmmtalk animate samples/hello.wav --untrained lite -o out/hello.json
+	$(BIN)/pmmtalk animate samples/hello.wav -o out/hello.json
 
 test: setup
 	$(BIN)/python -m pytest
