@@ -86,6 +86,11 @@ class RecognizerConfig:
     """Silences shorter than this (seconds) are not labelled; see the module docstring."""
     grad_clip: float = 5.0
     """Maximum global gradient norm."""
+    alignment_weight: float = 0.0
+    """Weight of a frame-wise cross-entropy on the phone tables' exact timings, added to CTC.
+
+    CTC from scratch sits for a long time on its blank plateau; the corpus knows where every
+    phone is, and telling the network so gets it off the plateau in a fraction of the steps."""
     seed: int = 0
     threads: int = 2
     """torch.set_num_threads during training (restored afterwards)."""
@@ -106,7 +111,7 @@ class RecognizerConfig:
         ]
         problems += [
             f"{name} must be >= 0, got {getattr(self, name)}"
-            for name in ("weight_decay", "warmup_steps", "min_silence_s")
+            for name in ("weight_decay", "warmup_steps", "min_silence_s", "alignment_weight")
             if not getattr(self, name) >= 0
         ]
         if problems:
@@ -142,6 +147,7 @@ class _Item:
     utterance: Utterance
     audio_path: Path
     labels: tuple[str, ...]
+    segments: tuple[PhoneSegment, ...] = ()
 
 
 # --- labels and scoring ---------------------------------------------------------------------
@@ -227,10 +233,11 @@ def _load_items(rows: Iterable[Utterance], corpus_dir: Path, min_silence_s: floa
     for row in rows:
         table = corpus_dir / row.phones
         try:
-            labels = ctc_labels(read_phone_table(table), min_silence_s)
+            segments = read_phone_table(table)
+            labels = ctc_labels(segments, min_silence_s)
         except KeyError as exc:
             raise ValueError(f"{table}: {exc.args[0]}") from exc
-        items.append(_Item(row, corpus_dir / row.audio, tuple(labels)))
+        items.append(_Item(row, corpus_dir / row.audio, tuple(labels), tuple(segments)))
     return items
 
 
@@ -459,7 +466,16 @@ def train_recognizer(
             )
             for b in bar:
                 batch = [items[i] for i in batches[b]]
-                loss = _step(model, batch, ctc, optimizer, params, cfg.grad_clip, device)
+                loss = _step(
+                    model,
+                    batch,
+                    ctc,
+                    optimizer,
+                    params,
+                    cfg.grad_clip,
+                    device,
+                    cfg.alignment_weight,
+                )
                 schedule.step()
                 total += loss * len(batch)
                 count += len(batch)
@@ -533,6 +549,20 @@ def _usable_items(
     return kept, len(items) - len(kept)
 
 
+def frame_labels(segments: Sequence[PhoneSegment], num_frames: int) -> Tensor:
+    """The phone sounding at each latent frame's centre, (num_frames,) vocabulary indices.
+
+    Latent j covers samples [320 j, 320 j + 400), so its centre is (320 j + 200) / 16000 s;
+    times no segment covers count as silence.
+    """
+    centres = (np.arange(num_frames) * 320 + 200) / SAMPLE_RATE_HZ
+    labels = np.full(num_frames, PHONE_INDEX[SILENCE], dtype=np.int64)
+    for segment in segments:
+        inside = (centres >= segment.start_s) & (centres < segment.end_s)
+        labels[inside] = PHONE_INDEX[segment.phone]
+    return torch.from_numpy(labels)
+
+
 def _step(
     model: PMMTalk,
     batch: Sequence[_Item],
@@ -541,8 +571,9 @@ def _step(
     params: Sequence[Tensor],
     grad_clip: float,
     device: torch.device,
+    alignment_weight: float = 0.0,
 ) -> float:
-    """One optimizer step on a batch; returns its mean CTC loss."""
+    """One optimizer step on a batch; returns its mean CTC loss (without the alignment term)."""
     waves, lengths = _collate(batch)
     logits, frames = _ctc_logits(model, waves.to(device), lengths.to(device))
     log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # (F, B, V)
@@ -551,8 +582,15 @@ def _step(
     )
     target_lengths = torch.tensor([len(item.labels) for item in batch], dtype=torch.long)
     loss = ctc(log_probs, targets, frames, target_lengths.to(device))
+    total = loss
+    if alignment_weight > 0:
+        width = logits.shape[1]
+        aligned = torch.stack([frame_labels(item.segments, width) for item in batch]).to(device)
+        valid = torch.arange(width, device=device)[None] < frames[:, None]  # (B, F)
+        frame_loss = F.cross_entropy(logits.float()[valid], aligned[valid])
+        total = loss + alignment_weight * frame_loss
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    total.backward()
     nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
     return float(loss.detach())

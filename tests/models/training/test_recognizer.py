@@ -27,6 +27,7 @@ from models.training.recognizer import (
     EpochStats,
     RecognizerConfig,
     ctc_labels,
+    frame_labels,
     greedy_ctc_decode,
     latent_lengths,
     phone_edits,
@@ -292,3 +293,24 @@ def test_bad_inputs_get_clear_errors(
     frozen.freeze_pretrained()
     with pytest.raises(ValueError, match="freeze_pretrained"):
         train_recognizer(frozen, corpus, FAST, progress=False)
+
+
+def test_frame_labels_follow_the_phone_table() -> None:
+    segments = [PhoneSegment("sil", 0.0, 0.1), PhoneSegment("AA", 0.1, 0.3)]
+    labels = frame_labels(segments, 20).tolist()
+    # Latent j is centred at (320 j + 200) / 16000 s: 0.0125 s, 0.0325 s, ...
+    assert labels[:5] == [PHONE_INDEX["sil"]] * 5  # centres up to 0.0925 s
+    assert labels[5:15] == [PHONE_INDEX["AA"]] * 10  # 0.1125 s .. 0.2925 s
+    assert labels[15:] == [PHONE_INDEX["sil"]] * 5  # past the table: silence
+
+
+def test_alignment_term_trains_alongside_ctc(corpus: Path, phone_config: PMMTalkConfig) -> None:
+    aligned = dataclasses.replace(FAST, alignment_weight=1.0)
+    plain_model = fresh_model(phone_config)
+    plain = train_recognizer(plain_model, corpus, FAST, progress=False)
+    model = fresh_model(phone_config)
+    report = train_recognizer(model, corpus, aligned, progress=False)
+    losses = [e.loss for e in report.epochs]
+    assert losses[-1] < 0.7 * losses[0], losses
+    # Same data, seed and schedule: only the added frame-wise term can make the runs differ.
+    assert [e.loss for e in plain.epochs] != losses
