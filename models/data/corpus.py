@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 from torch.utils.data import Dataset
 
 from models.blendshapes import NUM_BLENDSHAPES, SAMPLE_RATE_HZ, num_frames
@@ -21,6 +20,7 @@ from models.corpus.manifest import (
 )
 from models.corpus.phones import LANGUAGES
 from models.data.batch import Clip, as_clip_language, fit_frames
+from models.data.probe import probe_pair
 from pmmtalk.audio import decode_audio
 
 logger = logging.getLogger(__name__)
@@ -88,15 +88,8 @@ class CorpusDataset(Dataset[Clip]):
                     f"{path} (utterance {row.id!r}) is missing; the corpus is incomplete, so "
                     "regenerate it or remove the row from manifest.jsonl"
                 )
-        try:
-            info = sf.info(str(audio))
-        except sf.LibsndfileError as e:
-            raise ValueError(f"{audio} is not a readable audio file: {e.error_string}") from e
-        try:
-            shape = np.load(targets, mmap_mode="r").shape
-        except (ValueError, OSError) as e:
-            raise ValueError(f"{targets} is not a readable .npy array: {e}") from e
-        expected = num_frames(info.frames, info.samplerate)
+        audio_frames, rate, shape = probe_pair(audio, targets)
+        expected = num_frames(audio_frames, rate)
         if len(shape) != 2 or shape[1] != NUM_BLENDSHAPES:
             raise ValueError(
                 f"{targets} has shape {shape}, expected (T, {NUM_BLENDSHAPES}) blendshape "
@@ -104,8 +97,8 @@ class CorpusDataset(Dataset[Clip]):
             )
         if shape[0] != expected:
             raise ValueError(
-                f"{targets} has {shape[0]} frames but its audio {audio} ({info.frames} samples at "
-                f"{info.samplerate} Hz) needs num_frames = {expected}; the targets and audio do "
+                f"{targets} has {shape[0]} frames but its audio {audio} ({audio_frames} samples at "
+                f"{rate} Hz) needs num_frames = {expected}; the targets and audio do "
                 "not belong together, so regenerate this utterance"
             )
         if row.num_frames != shape[0]:
@@ -113,9 +106,9 @@ class CorpusDataset(Dataset[Clip]):
                 f"{targets} has {shape[0]} frames but manifest row {row.id!r} says "
                 f"{row.num_frames}; regenerate manifest.jsonl"
             )
-        if info.samplerate != SAMPLE_RATE_HZ:
-            return round(info.frames * SAMPLE_RATE_HZ / info.samplerate)
-        return int(info.frames)
+        if rate != SAMPLE_RATE_HZ:
+            return round(audio_frames * SAMPLE_RATE_HZ / rate)
+        return int(audio_frames)
 
     def __len__(self) -> int:
         return len(self._rows)

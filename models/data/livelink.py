@@ -39,60 +39,28 @@ TIMECODE_COLUMN: Final = "Timecode"
 # Informational (always 61); not a value column.
 COUNT_COLUMN: Final = "BlendShapeCount"
 
-# ARKit's 52 face blendshapes (ARFaceAnchor.BlendShapeLocation raw values), the names the CSV's
-# PascalCase headers are mapped to.
-ARKIT_BLENDSHAPE_NAMES: Final[tuple[str, ...]] = (
-    "eyeBlinkLeft",
-    "eyeLookDownLeft",
-    "eyeLookInLeft",
-    "eyeLookOutLeft",
-    "eyeLookUpLeft",
-    "eyeSquintLeft",
-    "eyeWideLeft",
-    "eyeBlinkRight",
-    "eyeLookDownRight",
-    "eyeLookInRight",
-    "eyeLookOutRight",
-    "eyeLookUpRight",
-    "eyeSquintRight",
-    "eyeWideRight",
-    "jawForward",
-    "jawRight",
-    "jawLeft",
-    "jawOpen",
-    "mouthClose",
-    "mouthFunnel",
-    "mouthPucker",
-    "mouthRight",
-    "mouthLeft",
-    "mouthSmileLeft",
-    "mouthSmileRight",
-    "mouthFrownLeft",
-    "mouthFrownRight",
-    "mouthDimpleLeft",
-    "mouthDimpleRight",
-    "mouthStretchLeft",
-    "mouthStretchRight",
-    "mouthRollLower",
-    "mouthRollUpper",
-    "mouthShrugLower",
-    "mouthShrugUpper",
-    "mouthPressLeft",
-    "mouthPressRight",
-    "mouthLowerDownLeft",
-    "mouthLowerDownRight",
-    "mouthUpperUpLeft",
-    "mouthUpperUpRight",
+# ARKit's 52 face blendshapes (ARFaceAnchor.BlendShapeLocation raw values) in Live Link Face's
+# column order, the names the CSV's PascalCase headers are mapped to. The project's 32 are the
+# jaw and mouth block plus the cheek and nose shapes, so they are spliced in from
+# `BLENDSHAPE_NAMES` rather than spelled out twice.
+_EYES: Final = tuple(
+    f"eye{part}{side}"
+    for side in ("Left", "Right")
+    for part in ("Blink", "LookDown", "LookIn", "LookOut", "LookUp", "Squint", "Wide")
+)
+_BROWS: Final = (
     "browDownLeft",
     "browDownRight",
     "browInnerUp",
     "browOuterUpLeft",
     "browOuterUpRight",
-    "cheekPuff",
-    "cheekSquintLeft",
-    "cheekSquintRight",
-    "noseSneerLeft",
-    "noseSneerRight",
+)
+_FIRST_CHEEK: Final = BLENDSHAPE_NAMES.index("cheekPuff")
+ARKIT_BLENDSHAPE_NAMES: Final[tuple[str, ...]] = (
+    *_EYES,
+    *BLENDSHAPE_NAMES[:_FIRST_CHEEK],
+    *_BROWS,
+    *BLENDSHAPE_NAMES[_FIRST_CHEEK:],
     "tongueOut",
 )
 _ARKIT_BY_LOWER: Final = {name.lower(): name for name in ARKIT_BLENDSHAPE_NAMES}

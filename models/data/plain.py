@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Final
 
 import numpy as np
-import soundfile as sf
 from torch.utils.data import Dataset
 
 from models.blendshapes import NUM_BLENDSHAPES, SAMPLE_RATE_HZ, num_frames
 from models.data.batch import UNKNOWN_STYLE, Clip, as_clip_language, fit_frames
+from models.data.probe import probe_pair
 from pmmtalk.audio import decode_audio
 
 logger = logging.getLogger(__name__)
@@ -75,23 +75,16 @@ class PlainDataset(Dataset[Clip]):
     def _check(self, audio: Path) -> int:
         """Validate one pair; return the audio's length in samples at 16 kHz."""
         targets = audio.with_suffix(".npy")
-        try:
-            info = sf.info(str(audio))
-        except sf.LibsndfileError as e:
-            raise ValueError(f"{audio} is not a readable audio file: {e.error_string}") from e
-        try:
-            shape = np.load(targets, mmap_mode="r").shape
-        except (ValueError, OSError) as e:
-            raise ValueError(f"{targets} is not a readable .npy array: {e}") from e
+        audio_frames, rate, shape = probe_pair(audio, targets)
         if len(shape) != 2 or shape[1] != NUM_BLENDSHAPES or shape[0] == 0:
             raise ValueError(
                 f"{targets} has shape {shape}, expected (T, {NUM_BLENDSHAPES}) blendshape frames "
                 "at 30 fps in models.blendshapes.BLENDSHAPE_NAMES order"
             )
-        expected = num_frames(info.frames, info.samplerate)
+        expected = num_frames(audio_frames, rate)
         if abs(shape[0] - expected) > MAX_FRAME_MISMATCH:
             raise ValueError(
-                f"{targets} has {shape[0]} frames but {audio} ({info.frames / info.samplerate:.3f}"
+                f"{targets} has {shape[0]} frames but {audio} ({audio_frames / rate:.3f}"
                 f" s) needs {expected} at 30 fps; more than {MAX_FRAME_MISMATCH} frames apart, so "
                 "the two files do not match (wrong frame rate or wrong pair?)"
             )
@@ -103,7 +96,7 @@ class PlainDataset(Dataset[Clip]):
                 expected,
                 "padding the last frame" if shape[0] < expected else "trimming the end",
             )
-        return round(info.frames * SAMPLE_RATE_HZ / info.samplerate)
+        return round(audio_frames * SAMPLE_RATE_HZ / rate)
 
     def __len__(self) -> int:
         return len(self._audio)
