@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import soundfile as sf
 import torch
 
 from models.blendshapes import num_frames
-from models.checkpoint import load_checkpoint, save_checkpoint
+from models.checkpoint import load_checkpoint, read_config, save_checkpoint
 from models.config import PMMTalkConfig
 from models.pmmtalk import PMMTalk
 from models.training.recipe import (
@@ -22,6 +23,7 @@ from models.training.recipe import (
     rendered_face,
 )
 from models.training.trainer import TrainConfig
+from pmmtalk.animate import DEFAULT_CHECKPOINT_DIR
 
 
 def test_a_finished_stage_is_skipped_and_its_weights_restored(
@@ -110,3 +112,12 @@ def test_finetune_continues_a_checkpoint_on_plain_data(
 def test_unknown_dataset_kind_is_named() -> None:
     with pytest.raises(ValueError, match="unknown dataset kind 'mocap'"):
         open_dataset("mocap", Path("."))
+
+
+def test_the_default_recipe_is_the_one_the_shipped_model_was_trained_with() -> None:
+    _, metadata = read_config(DEFAULT_CHECKPOINT_DIR)
+    shipped = metadata["recipe"]
+    current = json.loads(json.dumps(RECIPES["default"]().to_dict()))
+    # Settings added after the model was trained must sit at their no-change defaults.
+    assert current["recognizer"].pop("alignment_weight") == 0.0
+    assert current == shipped
