@@ -206,8 +206,8 @@ def train(
     recipe: Annotated[
         str,
         typer.Option(
-            help="Training recipe: default (the shipped model, under 2 h on 2 cores) or quick "
-            "(minutes, to try the pipeline).",
+            help="Training recipe: default (the shipped model, under 2 h on 2 cores), aligned "
+            "(the recogniser also learns phone timings) or quick (minutes, to try the pipeline).",
             callback=_recipe,
         ),
     ] = "default",
