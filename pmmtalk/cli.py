@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from models.checkpoint import CheckpointError
 from models.config import PRESETS
 from pmmtalk.errors import InputError
+
+if TYPE_CHECKING:
+    from pmmtalk.animate import Animator
 
 app = typer.Typer(
     name="pmmtalk",
@@ -35,6 +38,30 @@ def _check_preset(name: str | None) -> str | None:
     if name is not None and name not in PRESETS:
         raise typer.BadParameter(f"choose one of {sorted(PRESETS)}")
     return name
+
+
+CheckpointOption = Annotated[
+    Path | None,
+    typer.Option(help="Checkpoint directory; the bundled default model when omitted."),
+]
+UntrainedOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Run a randomly initialised PRESET (lite or paper) instead of a checkpoint: "
+        "shapes and speed only, the motion is meaningless.",
+        callback=_check_preset,
+    ),
+]
+DeviceOption = Annotated[str, typer.Option(help="PyTorch device, e.g. cpu or cuda.")]
+
+
+def _animator(checkpoint: Path | None, untrained: str | None, device: str) -> Animator:
+    """The network `animate` and `render` run: random weights of a preset, or a checkpoint."""
+    from pmmtalk.animate import Animator
+
+    if untrained is not None:
+        return Animator.untrained(untrained, device)
+    return Animator.from_checkpoint(checkpoint, device)
 
 
 @app.callback()
@@ -64,22 +91,11 @@ def animate(
         int | None,
         typer.Option(help="Training-subject style index; the average style when omitted."),
     ] = None,
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option(help="Checkpoint directory; the bundled default model when omitted."),
-    ] = None,
-    untrained: Annotated[
-        str | None,
-        typer.Option(
-            help="Run a randomly initialised PRESET (lite or paper) instead of a checkpoint: "
-            "shapes and speed only, the motion is meaningless.",
-            callback=_check_preset,
-        ),
-    ] = None,
-    device: Annotated[str, typer.Option(help="PyTorch device, e.g. cpu or cuda.")] = "cpu",
+    checkpoint: CheckpointOption = None,
+    untrained: UntrainedOption = None,
+    device: DeviceOption = "cpu",
 ) -> None:
     """Animate a speech file offline and write the 32 coefficients per frame."""
-    from pmmtalk.animate import Animator
     from pmmtalk.audio import load_audio
     from pmmtalk.face import load_image
     from pmmtalk.outputs import write_animation
@@ -89,11 +105,7 @@ def animate(
     try:
         samples = load_audio(audio)
         photo = load_image(face) if face is not None else None
-        animator = (
-            Animator.untrained(untrained, device)
-            if untrained is not None
-            else Animator.from_checkpoint(checkpoint, device)
-        )
+        animator = _animator(checkpoint, untrained, device)
         started = time.perf_counter()
         result = animator.animate(samples, photo, style)
         elapsed_s = time.perf_counter() - started
@@ -125,27 +137,16 @@ def render(
             help="Render these coefficients (.npy, .json or .csv) instead of running a network."
         ),
     ] = None,
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option(help="Checkpoint directory; the bundled default model when omitted."),
-    ] = None,
-    untrained: Annotated[
-        str | None,
-        typer.Option(
-            help="Run a randomly initialised PRESET (lite or paper) instead of a checkpoint: "
-            "shapes and speed only, the motion is meaningless.",
-            callback=_check_preset,
-        ),
-    ] = None,
+    checkpoint: CheckpointOption = None,
+    untrained: UntrainedOption = None,
     size: Annotated[int, typer.Option(help="Face panel side in pixels (even, 64-1024).")] = 256,
-    device: Annotated[str, typer.Option(help="PyTorch device, e.g. cpu or cuda.")] = "cpu",
+    device: DeviceOption = "cpu",
 ) -> None:
     """Render a lip-sync review video: the animated face beside its curves, with the speech."""
     import numpy as np
 
     from models.blendshapes import SAMPLE_RATE_HZ
     from models.renderer import FaceIdentity
-    from pmmtalk.animate import Animator
     from pmmtalk.audio import load_audio
     from pmmtalk.video import (
         VideoEncodingError,
@@ -167,11 +168,7 @@ def render(
         if coefficients is not None:
             result = read_animation(coefficients)
         else:
-            animator = (
-                Animator.untrained(untrained, device)
-                if untrained is not None
-                else Animator.from_checkpoint(checkpoint, device)
-            )
+            animator = _animator(checkpoint, untrained, device)
             result = animator.animate(samples)
         identity = (
             None if face_seed is None else FaceIdentity.random(np.random.default_rng(face_seed))
