@@ -142,6 +142,15 @@ def cover_with_silence(
     return table
 
 
+def check_request(text: str, rate: float, pitch: float) -> None:
+    """The checks every engine's ``synthesize`` makes before starting: some text, and positive
+    rate and pitch factors."""
+    if not text.strip():
+        raise ValueError("nothing to say: the text is empty")
+    if rate <= 0 or pitch <= 0:
+        raise ValueError(f"rate and pitch are positive factors, got {rate=} {pitch=}")
+
+
 def resample_to_project_rate(wave: np.ndarray, rate_hz: int) -> np.ndarray:
     """(N,) float wave at ``rate_hz`` -> (M,) float32 at 16 kHz, clipped to [-1, 1]."""
     import soxr
@@ -766,10 +775,7 @@ def synthesize(text: str, voice: str = "en-us", rate: float = 1.0, pitch: float 
     minute (clamped to its 80-450 range) and ``pitch`` its default base pitch 50 (of 0-100).
     Returns 16 kHz audio and its phone table.
     """
-    if not text.strip():
-        raise ValueError("nothing to say: the text is empty")
-    if rate <= 0 or pitch <= 0:
-        raise ValueError(f"rate and pitch are positive factors, got {rate=} {pitch=}")
+    check_request(text, rate, pitch)
     language = voice_language(voice)
     if language == "zh":
         # cmn-latn-pinyin reads "." inside pinyin as no break at all; a comma gives the pause.

@@ -29,6 +29,7 @@ from models.blendshapes import SAMPLE_RATE_HZ
 from models.corpus.espeak import (
     EngineUnavailableError,
     Synthesis,
+    check_request,
     cover_with_silence,
     resample_to_project_rate,
     split_spans,
@@ -179,10 +180,7 @@ def synthesize(
     ``rate`` is a speaking-rate factor (1.2 = 20 % faster than the voice's default) and
     ``pitch`` an F0 factor, ignored by voices outside `PITCH_VOICES`.
     """
-    if not text.strip():
-        raise ValueError("nothing to say: the text is empty")
-    if rate <= 0 or pitch <= 0:
-        raise ValueError(f"rate and pitch are positive factors, got {rate=} {pitch=}")
+    check_request(text, rate, pitch)
     check_available(voice)
     with tempfile.TemporaryDirectory(prefix="festival-") as tmp:
         wav, segs = Path(tmp) / "out.wav", Path(tmp) / "out.segs"

@@ -21,7 +21,12 @@ from typing import Final
 import soundfile as sf
 
 from models.blendshapes import SAMPLE_RATE_HZ
-from models.corpus.espeak import EngineUnavailableError, Synthesis, resample_to_project_rate
+from models.corpus.espeak import (
+    EngineUnavailableError,
+    Synthesis,
+    check_request,
+    resample_to_project_rate,
+)
 from models.corpus.festival import phones_from_ends
 
 logger = logging.getLogger(__name__)
@@ -90,10 +95,7 @@ def synthesize(text: str, voice: str = "slt", rate: float = 1.0, pitch: float = 
     ``rate`` is a speaking-rate factor (1.2 = 20 % faster than the voice's default) and
     ``pitch`` an F0 factor, ignored by voices outside `PITCH_VOICES`.
     """
-    if not text.strip():
-        raise ValueError("nothing to say: the text is empty")
-    if rate <= 0 or pitch <= 0:
-        raise ValueError(f"rate and pitch are positive factors, got {rate=} {pitch=}")
+    check_request(text, rate, pitch)
     check_available(voice)
     options = ["--setf", f"duration_stretch={1.0 / rate!r}"]
     if voice in PITCH_VOICES:
