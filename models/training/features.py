@@ -26,6 +26,7 @@ from models.data.batch import Clip
 from models.mel import mel_windows
 from models.pmmtalk import PMMTalk
 from models.resample import features_to_frames, samples_for_frames
+from models.training.recognizer import latent_lengths
 
 logger = logging.getLogger(__name__)
 
@@ -108,8 +109,8 @@ def cache_clips(
 
 def latent_count(model: PMMTalk, frames: int) -> int:
     """Latents psi_AE yields for the padded input of a ``frames``-frame clip."""
-    samples = int(samples_for_frames(frames, model.cfg.fps))
-    return int(model.speech.wav2vec2._get_feat_extract_output_lengths(samples))
+    samples = torch.tensor([int(samples_for_frames(frames, model.cfg.fps))])
+    return int(latent_lengths(model, samples)[0])
 
 
 @dataclass(frozen=True)
