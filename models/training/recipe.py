@@ -93,6 +93,29 @@ def aligned_recipe() -> Recipe:
     )
 
 
+def framewise_recipe() -> Recipe:
+    """The default recipe with the recogniser trained as a frame-wise phone classifier on the
+    corpus's exact timings (no CTC term), more recogniser steps and more PMMTalk epochs.
+
+    From scratch on this corpus, CTC keeps most frames on blank within the time budget, even
+    beside a frame-wise term; without it the posteriors name a phone at every frame (frame
+    accuracy on validation speech 0.65 after 600 steps against 0.32 with a CTC term at 0.2)."""
+    base = default_recipe()
+    return dataclasses.replace(
+        base,
+        name="framewise",
+        recognizer=RecognizerConfig(
+            epochs=24,
+            batch_seconds=40.0,
+            lr=2e-3,
+            warmup_steps=200,
+            alignment_weight=1.0,
+            ctc_weight=0.0,
+        ),
+        trainer=dataclasses.replace(base.trainer, epochs=30),
+    )
+
+
 def quick_recipe() -> Recipe:
     """A few minutes end to end: for trying the pipeline, not for a usable model."""
     return Recipe(
@@ -108,6 +131,7 @@ def quick_recipe() -> Recipe:
 RECIPES: Final[dict[str, Callable[[], Recipe]]] = {
     "default": default_recipe,
     "aligned": aligned_recipe,
+    "framewise": framewise_recipe,
     "quick": quick_recipe,
 }
 

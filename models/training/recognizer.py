@@ -91,6 +91,10 @@ class RecognizerConfig:
 
     CTC from scratch sits for a long time on its blank plateau; the corpus knows where every
     phone is, and telling the network so gets it off the plateau in a fraction of the steps."""
+    ctc_weight: float = 1.0
+    """Weight of the CTC loss. 0 with ``alignment_weight > 0`` trains a frame-wise phone
+    classifier (the hybrid-recogniser way): its posteriors name a phone at every frame instead of
+    mostly blank, which is what the face decoder reads. Greedy decoding and PER work unchanged."""
     seed: int = 0
     threads: int = 2
     """torch.set_num_threads during training (restored afterwards)."""
@@ -111,9 +115,17 @@ class RecognizerConfig:
         ]
         problems += [
             f"{name} must be >= 0, got {getattr(self, name)}"
-            for name in ("weight_decay", "warmup_steps", "min_silence_s", "alignment_weight")
+            for name in (
+                "weight_decay",
+                "warmup_steps",
+                "min_silence_s",
+                "alignment_weight",
+                "ctc_weight",
+            )
             if not getattr(self, name) >= 0
         ]
+        if not self.ctc_weight + self.alignment_weight > 0:
+            problems.append("ctc_weight + alignment_weight must be > 0: nothing would be learned")
         if problems:
             raise ValueError("invalid RecognizerConfig: " + "; ".join(problems))
 
@@ -123,7 +135,7 @@ class EpochStats:
     """What one training epoch did."""
 
     epoch: int  # 1-based
-    loss: float  # mean CTC loss per utterance (per label, as CTCLoss's "mean" reduction)
+    loss: float  # mean training loss: weighted CTC (per label, CTCLoss's "mean") + frame CE
     seconds: float  # wall-clock time of the epoch
     lr: float  # learning rate after the epoch's last step
 
@@ -361,7 +373,9 @@ def _load_state(path: Path, cfg: RecognizerConfig) -> dict[str, Any]:
             f"{path} is not a recogniser checkpoint of version {CHECKPOINT_VERSION}; "
             "delete it or pick another checkpoint_dir"
         )
-    saved = state["config"]
+    # Fields added after a checkpoint was written take their defaults, which reproduce the
+    # behaviour it was trained with.
+    saved = {**dataclasses.asdict(RecognizerConfig()), **state["config"]}
     changed = [
         f"{name}: checkpoint {saved.get(name)!r}, now {value!r}"
         for name, value in dataclasses.asdict(cfg).items()
@@ -475,6 +489,7 @@ def train_recognizer(
                     cfg.grad_clip,
                     device,
                     cfg.alignment_weight,
+                    cfg.ctc_weight,
                 )
                 schedule.step()
                 total += loss * len(batch)
@@ -489,7 +504,7 @@ def train_recognizer(
             )
             history.append(stats)
             logger.info(
-                "recogniser epoch %d/%d: CTC loss %.4f, %.1f s",
+                "recogniser epoch %d/%d: loss %.4f, %.1f s",
                 epoch,
                 cfg.epochs,
                 stats.loss,
@@ -572,28 +587,32 @@ def _step(
     grad_clip: float,
     device: torch.device,
     alignment_weight: float = 0.0,
+    ctc_weight: float = 1.0,
 ) -> float:
-    """One optimizer step on a batch; returns its mean CTC loss (without the alignment term)."""
+    """One optimizer step on a batch; returns its loss (CTC and frame terms, weighted)."""
     waves, lengths = _collate(batch)
     logits, frames = _ctc_logits(model, waves.to(device), lengths.to(device))
-    log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # (F, B, V)
-    targets = torch.tensor(
-        [PHONE_INDEX[p] for item in batch for p in item.labels], dtype=torch.long, device=device
-    )
-    target_lengths = torch.tensor([len(item.labels) for item in batch], dtype=torch.long)
-    loss = ctc(log_probs, targets, frames, target_lengths.to(device))
-    total = loss
+    total = logits.new_zeros(())
+    if ctc_weight > 0:
+        log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # (F, B, V)
+        targets = torch.tensor(
+            [PHONE_INDEX[p] for item in batch for p in item.labels],
+            dtype=torch.long,
+            device=device,
+        )
+        target_lengths = torch.tensor([len(item.labels) for item in batch], dtype=torch.long)
+        total = ctc_weight * ctc(log_probs, targets, frames, target_lengths.to(device))
     if alignment_weight > 0:
         width = logits.shape[1]
         aligned = torch.stack([frame_labels(item.segments, width) for item in batch]).to(device)
         valid = torch.arange(width, device=device)[None] < frames[:, None]  # (B, F)
         frame_loss = F.cross_entropy(logits.float()[valid], aligned[valid])
-        total = loss + alignment_weight * frame_loss
+        total = total + alignment_weight * frame_loss
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
-    return float(loss.detach())
+    return float(total.detach())
 
 
 # --- evaluation -----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from models.corpus.manifest import (
     write_manifest,
     write_phone_table,
 )
-from models.corpus.phones import PHONE_INDEX, VOCABULARY
+from models.corpus.phones import BLANK, PHONE_INDEX, VOCABULARY
 from models.pmmtalk import PMMTalk
 from models.training.recognizer import (
     CHECKPOINT_NAME,
@@ -314,3 +314,22 @@ def test_alignment_term_trains_alongside_ctc(corpus: Path, phone_config: PMMTalk
     assert losses[-1] < 0.7 * losses[0], losses
     # Same data, seed and schedule: only the added frame-wise term can make the runs differ.
     assert [e.loss for e in plain.epochs] != losses
+
+
+def test_frame_wise_recogniser_without_ctc(corpus: Path, phone_config: PMMTalkConfig) -> None:
+    framewise = dataclasses.replace(FAST, alignment_weight=1.0, ctc_weight=0.0)
+    model = fresh_model(phone_config)
+    report = train_recognizer(model, corpus, framewise, progress=False)
+    losses = [e.loss for e in report.epochs]
+    assert losses[-1] < 0.7 * losses[0], losses
+    # No CTC term: nothing teaches blank, so the trained posteriors name a phone at every frame.
+    wave, _ = sf.read(next((corpus / "wav").glob("*.wav")), dtype="float32")
+    with torch.no_grad():
+        logits = model.text(model.speech.extract_latents(torch.from_numpy(wave)[None]))
+    assert logits.shape[1] > 10
+    assert (logits.argmax(-1) != PHONE_INDEX[BLANK]).float().mean() > 0.99
+
+
+def test_a_config_that_learns_nothing_is_refused() -> None:
+    with pytest.raises(ValueError, match="ctc_weight \\+ alignment_weight"):
+        RecognizerConfig(ctc_weight=0.0, alignment_weight=0.0)
