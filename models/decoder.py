@@ -20,15 +20,22 @@ from models.config import DecoderConfig
 
 
 def periodic_positional_encoding(
-    num_frames: int, dim: int, period: int, start_index: int = 0
+    num_frames: int, dim: int, period: int, start_index: int | Tensor = 0
 ) -> Tensor:
-    """PPE (FaceFormer): sinusoids of the frame index modulo ``period``. Returns (T, dim).
+    """PPE (FaceFormer): sinusoids of the frame index modulo ``period``.
 
     ``start_index`` is the absolute index of the first frame, so a streaming window gets the
-    same encoding as the same frames inside the whole clip.
+    same encoding as the same frames inside the whole clip. An int gives (T, dim); a (B,) integer
+    tensor (one window per batch item, as the streaming graph batches them) gives (B, T, dim).
     """
-    position = (torch.arange(num_frames) + start_index) % period  # (T,)
     freq = torch.exp(torch.arange(0, dim, 2) * (-math.log(10000.0) / dim))  # (dim/2,)
+    if isinstance(start_index, Tensor):
+        steps = torch.arange(num_frames, device=start_index.device)
+        position = torch.remainder(steps[None] + start_index.long()[:, None], period)  # (B, T)
+        angle = position[..., None].float() * freq.to(start_index.device)  # (B, T, dim/2)
+        # Interleaved sin/cos: the int path's layout (dims 0, 2, ... sin; 1, 3, ... cos).
+        return torch.stack([torch.sin(angle), torch.cos(angle)], dim=-1).flatten(-2)[..., :dim]
+    position = (torch.arange(num_frames) + start_index) % period  # (T,)
     angle = position[:, None].float() * freq[None, :]  # (T, dim/2)
     encoding = torch.zeros(num_frames, dim)
     encoding[:, 0::2] = torch.sin(angle)
@@ -149,11 +156,12 @@ class FusionDecoder(nn.Module):
         text: Tensor,
         audio: Tensor,
         style: Tensor,
-        start_index: int = 0,
+        start_index: int | Tensor = 0,
     ) -> Tensor:
         """image (B,T,Di), text (B,T,Dt), audio (B,T,Da), style (B, style_dim) -> (B, T, 32).
 
-        ``start_index`` is the absolute index of the first frame (for the periodic encoding).
+        ``start_index`` is the absolute index of the first frame (for the periodic encoding):
+        one int for the batch, or a (B,) integer tensor with one per item.
         """
         frames = image.shape[1]
         fused = torch.cat(
@@ -169,7 +177,7 @@ class FusionDecoder(nn.Module):
         ppe = periodic_positional_encoding(
             frames, self.cfg.d_model, self.cfg.ppe_period, start_index
         ).to(x)
-        x = x + ppe[None]
+        x = x + (ppe if ppe.dim() == 3 else ppe[None])
         alibi = alibi_causal_bias(frames, self.slopes).to(x)  # (H, T, T)
         causal = causal_mask(frames, x.device).to(x)[None]  # (1, T, T)
         for layer in self.layers:

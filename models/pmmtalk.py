@@ -159,7 +159,7 @@ class PMMTalk(nn.Module):
         speech: SpeechFeatures,
         identity: list[Tensor],
         style: int | Tensor | None = None,
-        start_index: int = 0,
+        start_index: int | Tensor = 0,
     ) -> PMMTalkOutput:
         """Speech features + identity + style -> coefficients (B, T, 32) and features."""
         video = self.generate_video(speech.mel_windows, identity)  # (B, T, 3, H, W)

@@ -1,0 +1,135 @@
+"""The fixed window the streaming engine runs: left context + new audio (the hop) + lookahead.
+
+PMMTalk's speech encoders attend over the whole input, so a frame's value depends on audio on
+both sides of it. A stream therefore runs the network on fixed windows: ``left_context_s`` of
+audio already answered, ``hop_s`` of new audio whose frames the window emits, and
+``lookahead_s`` of audio after them (frames there are provisional and recomputed by the next
+window). Every window has the same length, so a whole batch of sessions' windows goes through one
+fixed-shape graph call (`window_forward`, and the ``stream_window.onnx`` export).
+
+All three lengths are multiples of 0.1 s: there 1,600 samples, 3 frames at 30 fps and 5 latents
+at 50 Hz start at the same instant, so a window's frames sit exactly on the clip's frame grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from torch import Tensor
+
+from models.blendshapes import FPS, SAMPLE_RATE_HZ
+from models.pmmtalk import PMMTalk
+
+UNIT_S: Final = 0.1
+"""Every window length is a whole number of these (see the module docstring)."""
+UNIT_SAMPLES: Final = 1_600
+UNIT_FRAMES: Final = 3
+
+
+def _units(seconds: float, name: str, allow_zero: bool) -> int:
+    units = round(seconds / UNIT_S)
+    if abs(units * UNIT_S - seconds) > 1e-9 or units < 0 or (units == 0 and not allow_zero):
+        least = "0" if allow_zero else "0.1"
+        raise ValueError(
+            f"{name} must be a multiple of 0.1 s and at least {least} s, got {seconds}"
+        )
+    return units
+
+
+@dataclass(frozen=True)
+class StreamWindow:
+    """Window lengths in seconds, each a multiple of 0.1 s (``hop_s`` at least 0.1 s)."""
+
+    left_context_s: float = 1.5
+    hop_s: float = 0.2
+    lookahead_s: float = 0.3
+
+    def __post_init__(self) -> None:
+        _units(self.left_context_s, "left_context_s", allow_zero=True)
+        _units(self.hop_s, "hop_s", allow_zero=False)
+        _units(self.lookahead_s, "lookahead_s", allow_zero=True)
+
+    @property
+    def window_s(self) -> float:
+        return round(self.left_context_s + self.hop_s + self.lookahead_s, 6)
+
+    @property
+    def window_samples(self) -> int:
+        """Samples of one window at 16 kHz (the graph's fixed ``wave`` length)."""
+        return self._samples(self.window_s)
+
+    @property
+    def window_frames(self) -> int:
+        """Frames one window yields (the graph's fixed ``blendshapes`` length)."""
+        return self._frames(self.window_s)
+
+    @property
+    def left_frames(self) -> int:
+        """Frames of left context at the start of each window's output."""
+        return self._frames(self.left_context_s)
+
+    @property
+    def hop_frames(self) -> int:
+        """New frames each window emits: window frames [left_frames, left_frames + hop_frames)."""
+        return self._frames(self.hop_s)
+
+    @property
+    def hop_samples(self) -> int:
+        return self._samples(self.hop_s)
+
+    @property
+    def lookahead_frames(self) -> int:
+        return self._frames(self.lookahead_s)
+
+    @property
+    def lookahead_samples(self) -> int:
+        """Audio a stream must have beyond a hop before that hop's frames can be emitted."""
+        return self._samples(self.lookahead_s)
+
+    @staticmethod
+    def _samples(seconds: float) -> int:
+        return round(seconds / UNIT_S) * UNIT_SAMPLES
+
+    @staticmethod
+    def _frames(seconds: float) -> int:
+        return round(seconds / UNIT_S) * UNIT_FRAMES
+
+    def to_dict(self) -> dict[str, float | int]:
+        """Lengths in seconds, samples and frames (what export metadata and /info report)."""
+        return {
+            "left_context_s": self.left_context_s,
+            "hop_s": self.hop_s,
+            "lookahead_s": self.lookahead_s,
+            "window_samples": self.window_samples,
+            "window_frames": self.window_frames,
+            "left_frames": self.left_frames,
+            "hop_frames": self.hop_frames,
+            "lookahead_frames": self.lookahead_frames,
+            "sample_rate_hz": SAMPLE_RATE_HZ,
+            "fps": FPS,
+        }
+
+
+def window_forward(
+    model: PMMTalk,
+    wave: Tensor,
+    identity: list[Tensor],
+    style: Tensor,
+    frame_offset: Tensor,
+) -> Tensor:
+    """A batch of same-length windows through the network.
+
+    wave (B, W) float32 at 16 kHz, W a multiple of 1,600 samples; identity the face encoder's
+    pyramid with batch B (one face per window); style (B, style_dim) float; frame_offset (B,)
+    int64, the absolute index on the stream's frame clock of each window's first frame (it
+    places the decoder's periodic positional encoding; it may be negative for a window that
+    starts before the stream, in left-padding silence). Returns (B, W * 30 / 16000, 32),
+    unclipped.
+    """
+    samples = int(wave.shape[-1])
+    if samples % UNIT_SAMPLES:
+        raise ValueError(f"a window must be a multiple of {UNIT_SAMPLES} samples, got {samples}")
+    frames = samples // UNIT_SAMPLES * UNIT_FRAMES
+    speech = model.encode_speech(wave, frames)
+    return model.decode(speech, identity, style, start_index=frame_offset).blendshapes
