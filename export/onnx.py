@@ -1,20 +1,25 @@
-"""ONNX export of PMMTalk as two graphs: the face encoder (once per face) and speech-to-frames.
+"""ONNX export of PMMTalk as three graphs: the face encoder, speech-to-frames and stream window.
 
 The server runs ``face_encoder.onnx`` once per reference face, caches the identity pyramid, and
-feeds it with every clip (or stream window) to ``speech_to_frames.onnx``. Both files carry the
-model config, the 32 blendshape names, the frame rate and the sample rate in their
-``metadata_props``; ``speech_to_frames.onnx`` also carries the style table.
+feeds it with every clip to ``speech_to_frames.onnx`` (any length) or, batched over sessions,
+with every fixed-length window to ``stream_window.onnx`` (see `models.streaming`). All files
+carry the model config, the 32 blendshape names, the frame rate and the sample rate in their
+``metadata_props``; the two speech graphs also carry the style table, and ``stream_window.onnx``
+its window lengths (``stream_window``: `StreamWindow.to_dict` as JSON).
 
 Exporter: ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript). It follows the
 symbolic sample count through the integer frame arithmetic, so the frame count, padding, mel
-windows and 50 Hz -> 30 fps interpolation are all computed inside the graph from the wave length,
-and ``torch.stft`` lowers to ONNX's STFT (opset 17+).
+windows and 50 Hz -> 30 fps interpolation are all computed inside the graph from the wave length.
+The log-mel front end is exported through `DftLogMel`, which computes the STFT as a convolution
+rather than ONNX's STFT operator (see there why).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,26 +27,106 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from export.graphs import (
+    FACE_ENCODER_FILE,
+    FRONT_END_CLASS,
+    SPEECH_TO_FRAMES_FILE,
+    STREAM_WINDOW_FILE,
+)
 from models.blendshapes import num_frames
 from models.checkpoint import load_checkpoint
 from models.config import PMMTalkConfig
+from models.mel import (
+    HOP_SAMPLES,
+    MAX_ABS_VALUE,
+    MIN_LEVEL_DB,
+    N_FFT,
+    PREEMPHASIS,
+    REF_LEVEL_DB,
+    LogMelSpectrogram,
+)
 from models.pmmtalk import PMMTalk
+from models.streaming import StreamWindow, window_forward
 
 logger = logging.getLogger(__name__)
 
 OPSET_VERSION = 18
-FACE_ENCODER_FILE = "face_encoder.onnx"
-SPEECH_TO_FRAMES_FILE = "speech_to_frames.onnx"
 PARITY_CLIP_SAMPLES: tuple[int, ...] = (400, 16_000, 112_000)
 """Clip lengths `check_parity` runs: under one frame (25 ms), 1 s and 7 s at 16 kHz."""
+PARITY_WINDOW_BATCHES: tuple[int, ...] = (1, 3)
+"""Batch sizes of the stream-window graph `check_parity` runs."""
+DEFAULT_WINDOW = StreamWindow()
+"""The window ``stream_window.onnx`` is exported for unless told otherwise."""
 PARITY_TOLERANCE = 1e-4
+"""Largest absolute difference of a coefficient between ONNX Runtime and PyTorch (fp32)."""
 
 
 def identity_names(cfg: PMMTalkConfig) -> list[str]:
     """Names of the identity pyramid tensors, shallow to deep: identity_0 .. identity_k."""
     return [f"identity_{i}" for i in range(len(cfg.wav2lip.face_stages) + 2)]
+
+
+class DftLogMel(LogMelSpectrogram):
+    """Export stand-in for `LogMelSpectrogram`: the same function, with its STFT computed as a
+    strided 1-D convolution whose kernels are the Hann-windowed DFT basis.
+
+    Why: ONNX Runtime's STFT kernel is much less exact than ``torch.stft``. On 7 s of noise its
+    normalised log-mel is up to 3e-3 from float64, against 7e-6 for torch in fp32, which alone
+    breaks the 1e-4 parity of the coefficients. The basis here is computed in float64 with k*n
+    reduced modulo N before the sine and cosine, and the convolution lands within 3e-6 of
+    float64. It costs 800 x 802 MACs per mel frame (51 M per second of audio).
+
+    wave (B, S) float32 at 16 kHz -> (B, 80, S // 200 + 1), as `LogMelSpectrogram`.
+    """
+
+    dft_basis: Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        n = np.arange(N_FFT)
+        k = np.arange(N_FFT // 2 + 1)
+        angle = 2 * np.pi * ((k[:, None] * n[None, :]) % N_FFT) / N_FFT  # (401, 800)
+        window = self.window.double().numpy()  # (800,) the periodic Hann window torch.stft uses
+        basis = np.concatenate([np.cos(angle) * window, -np.sin(angle) * window])  # (802, 800)
+        self.register_buffer(
+            "dft_basis", torch.from_numpy(basis[:, None, :]).float(), persistent=False
+        )  # (802, 1, 800): real parts, then imaginary parts
+
+    def forward(self, wave: Tensor) -> Tensor:
+        emphasised = torch.cat(
+            [wave[:, :1], wave[:, 1:] - PREEMPHASIS * wave[:, :-1]], dim=1
+        )  # (B, S)
+        # torch.stft(center=True, pad_mode="constant"): half an FFT of zeros on both sides.
+        padded = F.pad(emphasised[:, None], (N_FFT // 2, N_FFT // 2))  # (B, 1, S + 800)
+        spec = F.conv1d(padded, self.dft_basis, stride=HOP_SAMPLES)  # (B, 802, M)
+        bins = N_FFT // 2 + 1
+        magnitude = torch.sqrt(spec[:, :bins] ** 2 + spec[:, bins:] ** 2)  # (B, 401, M)
+        mel = torch.matmul(self.mel_basis, magnitude)  # (B, 80, M)
+        floor = 10.0 ** (MIN_LEVEL_DB / 20.0)
+        db = 20.0 * torch.log10(torch.clamp(mel, min=floor)) - REF_LEVEL_DB
+        scaled = 2.0 * MAX_ABS_VALUE * (db - MIN_LEVEL_DB) / -MIN_LEVEL_DB - MAX_ABS_VALUE
+        return torch.clamp(scaled, -MAX_ABS_VALUE, MAX_ABS_VALUE)  # (B, 80, M)
+
+
+if f"{DftLogMel.__module__}.{DftLogMel.__qualname__}" != FRONT_END_CLASS:
+    raise ImportError("export.graphs.FRONT_END_CLASS must name export.onnx.DftLogMel")
+
+
+@contextmanager
+def _dft_front_end(model: PMMTalk) -> Iterator[None]:
+    """Swap ``model.mel`` for `DftLogMel` while the speech graphs are traced.
+
+    Swapped in place and back rather than copying the model, which would double its memory.
+    """
+    original = model.mel
+    model.mel = DftLogMel().to(original.mel_basis.device)
+    try:
+        yield
+    finally:
+        model.mel = original
 
 
 class FaceEncoder(nn.Module):
@@ -72,6 +157,23 @@ class SpeechToFrames(nn.Module):
         return self.model.decode(speech, identity, style).blendshapes  # (1, T, 32)
 
 
+class StreamWindowGraph(nn.Module):
+    """Export wrapper: a batch of fixed-length windows -> blendshapes (B, Tw, 32).
+
+    Calls `models.streaming.window_forward`, the PyTorch reference the streaming engine is
+    tested against, so the graph cannot drift from it.
+    """
+
+    def __init__(self, model: PMMTalk) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, wave: Tensor, style: Tensor, frame_offset: Tensor, identity: list[Tensor]
+    ) -> Tensor:
+        return window_forward(self.model, wave, identity, style, frame_offset)  # (B, Tw, 32)
+
+
 def metadata(cfg: PMMTalkConfig, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The ``metadata_props`` every exported file carries (all values are strings)."""
     props = {
@@ -91,11 +193,24 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 
 def read_style_table(path: str | Path) -> np.ndarray:
-    """The style table (num_styles, style_dim) float32 stored in ``speech_to_frames.onnx``.
+    """The style table (num_styles, style_dim) float32 stored in either speech graph.
 
     Pass row k as ``style`` for training subject k, or the mean over rows for an unseen speaker.
     """
     return np.asarray(json.loads(read_metadata(path)["style_table"]), dtype=np.float32)
+
+
+def read_stream_window(path: str | Path) -> StreamWindow:
+    """The window ``stream_window.onnx`` was exported for (its ``stream_window`` metadata)."""
+    props = read_metadata(path)
+    if "stream_window" not in props:
+        raise ValueError(f"{path} has no stream_window metadata: it is not a stream-window graph")
+    lengths = json.loads(props["stream_window"])
+    return StreamWindow(
+        left_context_s=float(lengths["left_context_s"]),
+        hop_s=float(lengths["hop_s"]),
+        lookahead_s=float(lengths["lookahead_s"]),
+    )
 
 
 def _finish(path: Path, props: dict[str, str], axis_names: dict[str, dict[int, str]]) -> None:
@@ -114,9 +229,13 @@ def _finish(path: Path, props: dict[str, str], axis_names: dict[str, dict[int, s
     onnx.save(proto, str(path))
 
 
-def _face_input(cfg: PMMTalkConfig) -> Tensor:
+def _face_input(cfg: PMMTalkConfig, batch: int = 1) -> Tensor:
     size = cfg.wav2lip.img_size
-    return torch.rand(1, 3, size, size)
+    return torch.rand(batch, 3, size, size)
+
+
+def _style_table_json(model: PMMTalk) -> str:
+    return json.dumps(model.decoder.style_table.weight.detach().cpu().numpy().tolist())
 
 
 def export_face_encoder(model: PMMTalk, path: str | Path) -> Path:
@@ -163,7 +282,7 @@ def export_speech_to_frames(model: PMMTalk, path: str | Path) -> Path:
     names = identity_names(cfg)
     identity = [t.detach() for t in model.encode_face(_face_input(cfg))]
     dynamic_shapes: tuple[Any, ...] = ({1: torch.export.Dim.DYNAMIC}, None, [None] * len(identity))
-    with torch.no_grad():
+    with torch.no_grad(), _dft_front_end(model):
         torch.onnx.export(
             SpeechToFrames(model).eval(),
             (torch.randn(1, 16_000), torch.randn(1, cfg.decoder.style_dim), identity),
@@ -176,41 +295,171 @@ def export_speech_to_frames(model: PMMTalk, path: str | Path) -> Path:
             external_data=False,
             verbose=False,
         )
-    table = model.decoder.style_table.weight.detach().cpu().numpy().tolist()
     props = metadata(
-        cfg, {"inputs": json.dumps(["wave", "style", *names]), "style_table": json.dumps(table)}
+        cfg,
+        {"inputs": json.dumps(["wave", "style", *names]), "style_table": _style_table_json(model)},
     )
     _finish(out, props, {"wave": {1: "samples"}, "blendshapes": {1: "frames"}})
     return out
 
 
+def export_stream_window(
+    model: PMMTalk, path: str | Path, window: StreamWindow = DEFAULT_WINDOW
+) -> Path:
+    """Export ``stream_window.onnx``: one call runs a batch of streaming windows.
+
+    Inputs, B the dynamic axis ``batch`` (one window per streaming session, B >= 1):
+    ``wave`` (B, W) float32 at 16 kHz, W = ``window.window_samples`` fixed (32,000 for the
+    default 1.5 s + 0.2 s + 0.3 s window); ``style`` (B, style_dim) float32; ``frame_offset``
+    (B,) int64, the index on its stream's 30 fps clock of each window's first frame (negative
+    for a window that starts in the left padding before the stream); ``identity_0`` ..
+    ``identity_k`` float32, each (B, ...) with the per-face shapes ``face_encoder.onnx`` gives
+    (stack the sessions' cached pyramids along axis 0). Output ``blendshapes`` (B, Tw, 32)
+    float32, Tw = ``window.window_frames`` fixed (60 by default), unclipped; frames
+    [left_frames, left_frames + hop_frames) are the ones a window emits.
+    """
+    out = Path(path)
+    cfg = model.cfg
+    names = identity_names(cfg)
+    # Example batch 2: torch.export specialises an axis whose example size is 0 or 1.
+    identity = [t.detach() for t in model.encode_face(_face_input(cfg, batch=2))]
+    batch = torch.export.Dim("batch", min=1)
+    dynamic_shapes: tuple[Any, ...] = (
+        {0: batch},
+        {0: batch},
+        {0: batch},
+        [{0: batch}] * len(identity),
+    )
+    example = (
+        torch.randn(2, window.window_samples),
+        torch.randn(2, cfg.decoder.style_dim),
+        torch.tensor([-window.left_frames, 7]),
+        identity,
+    )
+    with torch.no_grad(), _dft_front_end(model):
+        torch.onnx.export(
+            StreamWindowGraph(model).eval(),
+            example,
+            str(out),
+            input_names=["wave", "style", "frame_offset", *names],
+            output_names=["blendshapes"],
+            dynamic_shapes=dynamic_shapes,
+            opset_version=OPSET_VERSION,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    inputs = ["wave", "style", "frame_offset", *names]
+    props = metadata(
+        cfg,
+        {
+            "inputs": json.dumps(inputs),
+            "style_table": _style_table_json(model),
+            "stream_window": json.dumps(window.to_dict()),
+        },
+    )
+    _finish(out, props, {name: {0: "batch"} for name in [*inputs, "blendshapes"]})
+    return out
+
+
 @dataclass(frozen=True)
 class ExportedModel:
-    """Paths of one export."""
+    """Paths of one export: the three graphs, all in ``directory``."""
 
     face_encoder: Path
     speech_to_frames: Path
+    stream_window: Path
+    directory: Path
+
+    @classmethod
+    def in_directory(cls, directory: str | Path) -> ExportedModel:
+        """The standard file names in ``directory`` (whether or not they exist yet)."""
+        folder = Path(directory)
+        return cls(
+            face_encoder=folder / FACE_ENCODER_FILE,
+            speech_to_frames=folder / SPEECH_TO_FRAMES_FILE,
+            stream_window=folder / STREAM_WINDOW_FILE,
+            directory=folder,
+        )
 
 
-def export_onnx(source: PMMTalk | str | Path, out_dir: str | Path) -> ExportedModel:
-    """Export a model, or a checkpoint directory, to ``out_dir`` (created if needed)."""
+def export_onnx(
+    source: PMMTalk | str | Path,
+    out_dir: str | Path,
+    window: StreamWindow = DEFAULT_WINDOW,
+    on_step: Callable[[str], None] | None = None,
+) -> ExportedModel:
+    """Export a model, or a checkpoint directory, to ``out_dir`` (created if needed).
+
+    Writes ``face_encoder.onnx``, ``speech_to_frames.onnx`` and ``stream_window.onnx`` (for
+    ``window``). ``on_step`` is called with each file name before that file is exported (each
+    takes from seconds to minutes), so callers can show progress.
+    """
     model = load_checkpoint(source).model if isinstance(source, str | Path) else source
     model = model.cpu().eval()
-    folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    return ExportedModel(
-        face_encoder=export_face_encoder(model, folder / FACE_ENCODER_FILE),
-        speech_to_frames=export_speech_to_frames(model, folder / SPEECH_TO_FRAMES_FILE),
-    )
+    exported = ExportedModel.in_directory(out_dir)
+    exported.directory.mkdir(parents=True, exist_ok=True)
+    steps: list[tuple[Path, Callable[[PMMTalk, Path], Path]]] = [
+        (exported.face_encoder, export_face_encoder),
+        (exported.speech_to_frames, export_speech_to_frames),
+        (exported.stream_window, lambda m, p: export_stream_window(m, p, window)),
+    ]
+    for path, export in steps:
+        if on_step is not None:
+            on_step(path.name)
+        export(model, path)
+    return exported
 
 
 @dataclass(frozen=True)
 class ParityResult:
-    """ONNX Runtime against PyTorch eager on one random clip."""
+    """ONNX Runtime against PyTorch eager on one random input.
 
+    ``graph`` is the file checked; ``batch`` its batch size (always 1 for speech-to-frames);
+    ``samples`` the audio length of each item at 16 kHz and ``frames`` the frames it gave.
+    """
+
+    graph: str
+    batch: int
     samples: int
     frames: int
     max_abs_error: float
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_error <= PARITY_TOLERANCE
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields, plus ``input`` and ``passed`` for readers of manifest.json."""
+        return {
+            "graph": self.graph,
+            "input": self.input,
+            "batch": self.batch,
+            "samples": self.samples,
+            "frames": self.frames,
+            "max_abs_error": self.max_abs_error,
+            "passed": self.passed,
+        }
+
+    @classmethod
+    def from_dict(cls, fields: dict[str, Any]) -> ParityResult:
+        """Inverse of `to_dict` (the derived keys are ignored)."""
+        return cls(
+            graph=str(fields["graph"]),
+            batch=int(fields["batch"]),
+            samples=int(fields["samples"]),
+            frames=int(fields["frames"]),
+            max_abs_error=float(fields["max_abs_error"]),
+        )
+
+    @property
+    def input(self) -> str:
+        """The input in words, for tables: "1 clip of 400 samples", "3 windows of 32000"."""
+        if self.graph == STREAM_WINDOW_FILE:
+            noun = "window" if self.batch == 1 else "windows"
+        else:
+            noun = "clip" if self.batch == 1 else "clips"
+        return f"{self.batch} {noun} of {self.samples} samples"
 
 
 def check_parity(
@@ -219,14 +468,24 @@ def check_parity(
     face: np.ndarray | None = None,
     clip_samples: tuple[int, ...] = PARITY_CLIP_SAMPLES,
     seed: int = 0,
+    window_batches: tuple[int, ...] = PARITY_WINDOW_BATCHES,
 ) -> list[ParityResult]:
-    """Run both exported graphs under onnxruntime (CPU) and ``model`` on the same inputs.
+    """Run the exported graphs under onnxruntime (CPU) and ``model`` on the same inputs.
 
     ``face`` is an RGB photo (H, W, 3) uint8, prepared by `pmmtalk.face.reference_face`; None
-    uses the bundled default face. Each clip is fresh Gaussian noise (std 0.3) of the given
-    length in samples at 16 kHz; the style is the mean of the table stored in the ONNX metadata
-    (the unseen-speaker choice), and PyTorch gets ``style=None``. Returns the largest absolute
-    difference of the (unclipped) 32 coefficients per clip.
+    uses the bundled default face. Every identity goes through ``face_encoder.onnx``, so that
+    graph is checked by both others.
+
+    speech_to_frames: each clip is fresh Gaussian noise (std 0.3) of the given length in samples
+    at 16 kHz; the style is the mean of the table stored in the ONNX metadata (the
+    unseen-speaker choice), and PyTorch gets ``style=None``.
+
+    stream_window: per batch size B, B windows of noise, each with its own face (the photo, the
+    photo mirrored, then random-pixel faces), style (table rows, then their mean) and frame
+    offset (the first is ``-left_frames``, a window starting before its stream), against
+    `models.streaming.window_forward`.
+
+    Returns the largest absolute difference of the (unclipped) 32 coefficients per input.
     """
     import onnxruntime as ort
 
@@ -238,9 +497,16 @@ def check_parity(
     providers = ["CPUExecutionProvider"]
     face_session = ort.InferenceSession(str(exported.face_encoder), providers=providers)
     speech_session = ort.InferenceSession(str(exported.speech_to_frames), providers=providers)
-    identity = face_session.run(None, {"face": photo})
-    style = read_style_table(exported.speech_to_frames).mean(axis=0, keepdims=True)
-    feeds_identity = dict(zip(identity_names(cfg), identity, strict=True))
+    names = identity_names(cfg)
+
+    def encode(faces: np.ndarray) -> list[np.ndarray]:
+        """(B, 3, S, S) -> identity pyramid with batch B, one face-encoder run per face."""
+        runs = [face_session.run(None, {"face": faces[i : i + 1]}) for i in range(len(faces))]
+        return [np.concatenate(level, axis=0) for level in zip(*runs, strict=True)]
+
+    identity = encode(photo)
+    table = read_style_table(exported.speech_to_frames)  # (num_styles, style_dim)
+    style = table.mean(axis=0, keepdims=True)
     generator = torch.Generator().manual_seed(seed)
     results = []
     for count in clip_samples:
@@ -248,13 +514,62 @@ def check_parity(
         with torch.no_grad():
             expected = model(wave, torch.from_numpy(photo), style=None).blendshapes.numpy()
         (got,) = speech_session.run(
-            ["blendshapes"], {"wave": wave.numpy(), "style": style, **feeds_identity}
+            ["blendshapes"],
+            {"wave": wave.numpy(), "style": style, **dict(zip(names, identity, strict=True))},
         )
         if got.shape != expected.shape:
             raise RuntimeError(
                 f"ONNX gave {got.shape[1]} frames for {count} samples, PyTorch {expected.shape[1]}"
             )
-        error = float(np.abs(got - expected).max())
-        results.append(ParityResult(samples=count, frames=got.shape[1], max_abs_error=error))
-        logger.info("parity %d samples (%d frames): max abs error %.3g", count, got.shape[1], error)
+        results.append(_result(SPEECH_TO_FRAMES_FILE, 1, count, got, expected))
+
+    if window_batches:
+        window = read_stream_window(exported.stream_window)
+        window_session = ort.InferenceSession(str(exported.stream_window), providers=providers)
+        styles = np.concatenate([table, style])  # (num_styles + 1, style_dim)
+        for batch in window_batches:
+            faces = np.concatenate(
+                [
+                    photo,
+                    photo[..., ::-1],
+                    torch.rand(batch, *photo.shape[1:], generator=generator).numpy(),
+                ]
+            )[:batch].astype(np.float32)  # (B, 3, S, S)
+            waves = 0.3 * torch.randn(batch, window.window_samples, generator=generator)
+            chosen = styles[np.arange(batch) % len(styles)]  # (B, style_dim)
+            # Before the stream, mid-stream, and hours in (the positional encoding wraps).
+            offsets = np.array([-window.left_frames, 45, 1_000_003], dtype=np.int64)
+            offsets = offsets[np.arange(batch) % len(offsets)]  # (B,)
+            with torch.no_grad():
+                expected = window_forward(
+                    model,
+                    waves,
+                    model.encode_face(torch.from_numpy(faces)),
+                    torch.from_numpy(chosen),
+                    torch.from_numpy(offsets),
+                ).numpy()
+            feeds = {"wave": waves.numpy(), "style": chosen, "frame_offset": offsets}
+            feeds.update(zip(names, encode(faces), strict=True))
+            (got,) = window_session.run(["blendshapes"], feeds)
+            if got.shape != expected.shape:
+                raise RuntimeError(
+                    f"stream window: ONNX gave {got.shape}, PyTorch {expected.shape}"
+                )
+            results.append(_result(STREAM_WINDOW_FILE, batch, window.window_samples, got, expected))
     return results
+
+
+def _result(
+    graph: str, batch: int, samples: int, got: np.ndarray, expected: np.ndarray
+) -> ParityResult:
+    error = float(np.abs(got - expected).max())
+    frames = int(got.shape[1])
+    logger.info(
+        "parity %s, %d x %d samples (%d frames): max abs error %.3g",
+        graph,
+        batch,
+        samples,
+        frames,
+        error,
+    )
+    return ParityResult(graph, batch, samples, frames, error)

@@ -14,12 +14,14 @@ at 50 Hz start at the same instant, so a window's frames sit exactly on the clip
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Final
 
 from models.blendshapes import FPS, SAMPLE_RATE_HZ
-from models.pmmtalk import PMMTalk
+
+if TYPE_CHECKING:  # torch stays out of the import: the ONNX serving path reads StreamWindow
+    from torch import Tensor
+
+    from models.pmmtalk import PMMTalk
 
 UNIT_S: Final = 0.1
 """Every window length is a whole number of these (see the module docstring)."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -73,3 +76,13 @@ def tiny_model(tiny_config: PMMTalkConfig) -> PMMTalk:
     """A randomly initialised tiny network in eval mode; tests must not modify it."""
     torch.manual_seed(0)
     return PMMTalk(tiny_config).eval()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_export_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Exports made during the tests go to a temporary cache, never the user's ~/.cache."""
+    folder = tmp_path_factory.mktemp("export-cache")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("PMMTALK_CACHE_DIR", str(folder))
+    yield folder
+    patch.undo()

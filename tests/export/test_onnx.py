@@ -1,4 +1,5 @@
-"""ONNX export: parity with PyTorch, the in-graph frame count, metadata, and CLI errors."""
+"""ONNX export: parity with PyTorch for all three graphs, the in-graph frame count, the batched
+stream-window graph, metadata, the DFT front end, and the CLI's answers."""
 
 from __future__ import annotations
 
@@ -13,36 +14,59 @@ import torch
 from skimage import data
 from typer.testing import CliRunner
 
+from export.cache import CACHE_DIR_ENV, ensure_exported
+from export.graphs import SPEECH_TO_FRAMES_FILE, STREAM_WINDOW_FILE
 from export.onnx import (
     PARITY_TOLERANCE,
+    DftLogMel,
     ExportedModel,
     check_parity,
-    export_onnx,
     identity_names,
     read_metadata,
+    read_stream_window,
     read_style_table,
 )
 from models.blendshapes import num_frames
 from models.checkpoint import WEIGHTS_FILE, save_checkpoint
 from models.config import PMMTalkConfig
+from models.mel import LogMelSpectrogram
 from models.pmmtalk import PMMTalk
+from models.streaming import StreamWindow, window_forward
 from pmmtalk.cli import app
 from pmmtalk.face import reference_face
+
+CPU = ["CPUExecutionProvider"]
+
+
+def shared_checkpoint(model: PMMTalk, factory: pytest.TempPathFactory) -> Path:
+    """The tiny model saved once per test session (tests/export/* all use this folder)."""
+    folder = factory.getbasetemp() / "tiny-checkpoint"
+    if not (folder / WEIGHTS_FILE).is_file():
+        save_checkpoint(model, folder)
+    return folder
 
 
 @pytest.fixture(scope="module")
 def exported(tiny_model: PMMTalk, tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
-    return export_onnx(tiny_model, tmp_path_factory.mktemp("onnx"))
+    # One cache for the session: the export (about a minute on 2 cores) runs once for all of
+    # tests/export/, whichever file runs first.
+    cache = tmp_path_factory.getbasetemp() / "export-cache"
+    checkpoint = shared_checkpoint(tiny_model, tmp_path_factory)
+    return ensure_exported(checkpoint, cache_dir=cache, progress=False)
 
 
-def test_parity_with_pytorch_over_clip_lengths(
+def test_parity_with_pytorch_over_clip_lengths_and_window_batches(
     tiny_model: PMMTalk, exported: ExportedModel
 ) -> None:
     # 1 and 533 samples are a single frame; 534 is the first two-frame clip.
     lengths = (1, 400, 533, 534, 16_000, 112_000)
     results = check_parity(tiny_model, exported, face=data.astronaut(), clip_samples=lengths)
-    assert [r.samples for r in results] == list(lengths)
-    assert [r.frames for r in results] == [num_frames(n, 16_000) for n in lengths]
+    speech = [r for r in results if r.graph == SPEECH_TO_FRAMES_FILE]
+    windows = [r for r in results if r.graph == STREAM_WINDOW_FILE]
+    assert [r.samples for r in speech] == list(lengths)
+    assert [r.frames for r in speech] == [num_frames(n, 16_000) for n in lengths]
+    assert [(r.batch, r.samples, r.frames) for r in windows] == [(1, 32_000, 60), (3, 32_000, 60)]
+    assert all(r.passed for r in results)
     assert max(r.max_abs_error for r in results) <= PARITY_TOLERANCE
 
 
@@ -50,10 +74,8 @@ def test_frame_count_comes_from_the_wave_length(
     tiny_config: PMMTalkConfig, exported: ExportedModel
 ) -> None:
     size = tiny_config.wav2lip.img_size
-    face = ort.InferenceSession(str(exported.face_encoder), providers=["CPUExecutionProvider"])
-    speech = ort.InferenceSession(
-        str(exported.speech_to_frames), providers=["CPUExecutionProvider"]
-    )
+    face = ort.InferenceSession(str(exported.face_encoder), providers=CPU)
+    speech = ort.InferenceSession(str(exported.speech_to_frames), providers=CPU)
     identity = face.run(None, {"face": reference_face(data.astronaut(), size)[None]})
     feeds = dict(zip(identity_names(tiny_config), identity, strict=True))
     style = read_style_table(exported.speech_to_frames)[:1]
@@ -63,10 +85,39 @@ def test_frame_count_comes_from_the_wave_length(
         assert out.shape == (1, -(-count * 30 // 16_000), 32)
 
 
+def test_stream_window_graph_takes_any_batch_and_honours_the_offsets(
+    tiny_model: PMMTalk, tiny_config: PMMTalkConfig, exported: ExportedModel
+) -> None:
+    window = StreamWindow()
+    session = ort.InferenceSession(str(exported.stream_window), providers=CPU)
+    generator = torch.Generator().manual_seed(5)
+    size = tiny_config.wav2lip.img_size
+    batch = 4  # neither the example batch (2) the graph was traced with, nor 1
+    waves = 0.2 * torch.randn(batch, window.window_samples, generator=generator)
+    faces = torch.rand(batch, 3, size, size, generator=generator)
+    styles = torch.randn(batch, tiny_config.decoder.style_dim, generator=generator)
+    offsets = torch.tensor([-window.left_frames, 0, 6, 90_001])
+    identity = [t.detach() for t in tiny_model.encode_face(faces)]
+    feeds = {"wave": waves.numpy(), "style": styles.numpy()}
+    feeds.update({n: t.numpy() for n, t in zip(identity_names(tiny_config), identity, strict=True)})
+
+    def run(frame_offset: torch.Tensor) -> np.ndarray:
+        (out,) = session.run(["blendshapes"], {**feeds, "frame_offset": frame_offset.numpy()})
+        return np.asarray(out)
+
+    got = run(offsets)
+    with torch.no_grad():
+        expected = window_forward(tiny_model, waves, identity, styles, offsets).numpy()
+    assert got.shape == (batch, window.window_frames, 32)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=PARITY_TOLERANCE)
+    # The offsets reach the positional encoding inside the graph: moving them moves the output.
+    assert np.abs(run(offsets + 1) - got).max() > 1e-3
+
+
 def test_metadata_round_trip(
     tiny_model: PMMTalk, tiny_config: PMMTalkConfig, exported: ExportedModel
 ) -> None:
-    for path in (exported.face_encoder, exported.speech_to_frames):
+    for path in (exported.face_encoder, exported.speech_to_frames, exported.stream_window):
         props = read_metadata(path)
         assert PMMTalkConfig.from_json(props["pmmtalk_config"]) == tiny_config
         assert json.loads(props["blendshape_names"]) == list(tiny_config.blendshape_names)
@@ -74,27 +125,90 @@ def test_metadata_round_trip(
         assert onnx.load(str(path)).opset_import[0].version >= 17
     table = tiny_model.decoder.style_table.weight.detach().numpy()
     np.testing.assert_array_equal(read_style_table(exported.speech_to_frames), table)
+    np.testing.assert_array_equal(read_style_table(exported.stream_window), table)
+    assert read_stream_window(exported.stream_window) == StreamWindow()
+    stored = json.loads(read_metadata(exported.stream_window)["stream_window"])
+    assert stored == StreamWindow().to_dict()
+    with pytest.raises(ValueError, match="not a stream-window graph"):
+        read_stream_window(exported.speech_to_frames)
+
     graph = onnx.load(str(exported.speech_to_frames)).graph
     assert graph.input[0].type.tensor_type.shape.dim[1].dim_param == "samples"
     assert graph.output[0].type.tensor_type.shape.dim[1].dim_param == "frames"
+    graph = onnx.load(str(exported.stream_window)).graph
+    names = ["wave", "style", "frame_offset", *identity_names(tiny_config)]
+    assert [value.name for value in graph.input] == names
+    for value in [*graph.input, *graph.output]:
+        assert value.type.tensor_type.shape.dim[0].dim_param == "batch"
+    wave_dims = graph.input[0].type.tensor_type.shape.dim
+    assert wave_dims[1].dim_value == StreamWindow().window_samples
+    assert graph.input[2].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    assert graph.output[0].type.tensor_type.shape.dim[1].dim_value == 60
+    # The STFT operator is gone: the front end is a convolution (see DftLogMel).
+    assert "STFT" not in {node.op_type for node in graph.node}
+
+
+@pytest.mark.parametrize("samples", [1, 399, 16_000])
+def test_dft_front_end_computes_the_log_mel_spectrogram(samples: int) -> None:
+    generator = torch.Generator().manual_seed(samples)
+    t = torch.arange(samples, dtype=torch.float64) / 16_000
+    chirp = 0.5 * torch.sin(2 * torch.pi * (100 + 2_000 * t) * t)
+    wave = torch.stack([chirp, 0.1 * torch.randn(samples, generator=generator).double()])
+    reference = LogMelSpectrogram().double()
+    # In float64 both are exact up to the basis's float32 storage: any drift between the two
+    # definitions (pre-emphasis, window, padding, scaling) shows far above this tolerance.
+    with torch.no_grad():
+        expected = reference(wave)
+        got = DftLogMel().double()(wave)
+    assert got.shape == expected.shape == (2, 80, samples // 200 + 1)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
 
 
 def test_cli_reports_a_missing_or_corrupt_checkpoint(
-    tiny_config: PMMTalkConfig, tmp_path: Path
+    tiny_config: PMMTalkConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))
     runner = CliRunner()
     out = tmp_path / "out"
-    missing = runner.invoke(
-        app, ["export", "onnx", "--checkpoint", str(tmp_path / "nope"), "-o", str(out)]
-    )
-    assert missing.exit_code == 2
-    assert "checkpoint directory not found" in missing.output
+    for target in (["-o", str(out)], []):  # into a folder, and into the cache
+        missing = runner.invoke(
+            app, ["export", "onnx", "--checkpoint", str(tmp_path / "nope"), *target]
+        )
+        assert missing.exit_code == 2
+        assert "checkpoint directory not found" in missing.output
     torch.manual_seed(0)
     folder = save_checkpoint(PMMTalk(tiny_config), tmp_path / "ckpt")
     (folder / WEIGHTS_FILE).write_bytes(b"not safetensors")
-    corrupt = runner.invoke(app, ["export", "onnx", "--checkpoint", str(folder), "-o", str(out)])
-    assert corrupt.exit_code == 2
-    assert "corrupt" in corrupt.output
-    neither = runner.invoke(app, ["export", "onnx", "-o", str(out)])
-    assert neither.exit_code == 2 and "--checkpoint" in neither.output
+    for target in (["-o", str(out)], []):
+        corrupt = runner.invoke(app, ["export", "onnx", "--checkpoint", str(folder), *target])
+        assert corrupt.exit_code == 2
+        assert "corrupt" in corrupt.output
     assert not out.exists()
+    exports = tmp_path / "cache" / "exports"
+    assert [p.suffix for p in exports.iterdir()] == [".lock"]  # nothing cached, no leftovers
+
+    both = runner.invoke(
+        app, ["export", "onnx", "--checkpoint", str(folder), "--untrained", "lite"]
+    )
+    assert both.exit_code == 2 and "not both" in both.output
+    untrained = runner.invoke(app, ["export", "onnx", "--untrained", "lite"])
+    assert untrained.exit_code == 2 and "needs -o" in untrained.output
+    variant = runner.invoke(app, ["export", "onnx", "--variants", "fp8"])
+    assert variant.exit_code == 2 and "choose from fp16, int8" in variant.output
+
+
+def test_cli_prints_the_parity_table_of_the_cached_export(
+    tiny_model: PMMTalk,
+    exported: ExportedModel,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path_factory.getbasetemp() / "export-cache"))
+    checkpoint = shared_checkpoint(tiny_model, tmp_path_factory)
+    result = CliRunner().invoke(app, ["export", "onnx", "--checkpoint", str(checkpoint)])
+    assert result.exit_code == 0, result.output
+    assert str(exported.directory) in result.output
+    rows = [line.split() for line in result.output.splitlines() if ".onnx  " in line]
+    assert [row[0] for row in rows] == [SPEECH_TO_FRAMES_FILE] * 3 + [STREAM_WINDOW_FILE] * 2
+    assert all(row[-1] == "pass" for row in rows)
+    assert all(float(row[-2]) <= PARITY_TOLERANCE for row in rows)
