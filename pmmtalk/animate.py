@@ -1,18 +1,24 @@
-"""Offline animation: a whole clip through the PyTorch network, face prepared once."""
+"""Offline animation: a whole clip through one runtime backend, each reference face encoded once.
+
+The `Animator` runs on any `export.backends.base.Backend` (PyTorch, ONNX Runtime, TensorRT) and
+imports none of them itself, so animating from an exported model needs no PyTorch.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import numpy as np
-import torch
 
+from export.backends.base import Backend, Identity
 from models.blendshapes import num_frames
-from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from models.config import PMMTalkConfig, preset_config
-from models.pmmtalk import PMMTalk
+from models.config import PMMTalkConfig
 from pmmtalk.face import reference_face
 
 logger = logging.getLogger(__name__)
@@ -22,6 +28,10 @@ DEFAULT_CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "models" / "de
 
 COEFFICIENT_RANGE = (0.0, 1.0)
 """ARKit blendshape weights run from 0 (neutral) to 1 (full shape); outputs are clipped to it."""
+
+FACE_CACHE_SIZE: Final = 8
+"""Reference faces whose identity pyramid an `Animator` keeps; a face costs one encoder run
+(and a face detection) to re-encode, and the lite model's pyramid is about 0.4 MB."""
 
 
 @dataclass(frozen=True)
@@ -35,42 +45,109 @@ class Animation:
     model: str
 
 
-class Animator:
-    """Holds one network in eval mode and animates clips with it."""
+def _face_key(face: np.ndarray | None) -> str:
+    """Hash of the photo's pixels (with shape and dtype), or "default" for the bundled face."""
+    if face is None:
+        return "default"
+    digest = hashlib.sha256(f"{face.shape}{face.dtype}".encode())
+    digest.update(np.ascontiguousarray(face).tobytes())
+    return digest.hexdigest()
 
-    def __init__(self, model: PMMTalk, name: str, device: torch.device | str = "cpu") -> None:
-        self.model = model.to(device).eval()
-        self.cfg: PMMTalkConfig = model.cfg
-        self.name = name
-        self.device = torch.device(device)
+
+class Animator:
+    """Animates clips on one backend; caches the identity of the last `FACE_CACHE_SIZE` faces."""
+
+    def __init__(self, backend: Backend, face_cache_size: int = FACE_CACHE_SIZE) -> None:
+        if face_cache_size < 1:
+            raise ValueError(f"face_cache_size must be >= 1, got {face_cache_size}")
+        self.backend = backend
+        self._faces: OrderedDict[str, Identity] = OrderedDict()
+        self._face_cache_size = face_cache_size
+        self._lock = threading.Lock()
+
+    @property
+    def cfg(self) -> PMMTalkConfig:
+        return self.backend.spec.config
+
+    @property
+    def name(self) -> str:
+        """The model's name, e.g. ``lite:default``."""
+        return self.backend.spec.name
 
     @classmethod
     def from_checkpoint(
-        cls, directory: str | Path | None = None, device: torch.device | str = "cpu"
+        cls,
+        directory: str | Path | None = None,
+        device: str = "auto",
+        backend: str = "auto",
+        cache_dir: Path | None = None,
     ) -> Animator:
-        """Load a checkpoint directory, or the bundled default model when ``directory`` is None."""
+        """Open a checkpoint directory, or the bundled default model when ``directory`` is None,
+        on ``backend`` (auto, torch, onnx or tensorrt; see `export.backends.select`).
+
+        ``device``: auto, cpu, cuda or cuda:N. onnx and tensorrt run the checkpoint's cached
+        export, made on first use in ``cache_dir`` (default ``$PMMTALK_CACHE_DIR`` or
+        ``~/.cache/pmmtalk``). Raises `models.checkpoint.CheckpointError` for a missing or bad
+        checkpoint and `export.backends.base.BackendUnavailableError` for a backend this machine
+        cannot run.
+        """
+        from export.backends.select import open_backend
+
         folder = Path(directory) if directory is not None else DEFAULT_CHECKPOINT_DIR
         if directory is None and not folder.is_dir():
+            from models.checkpoint import CheckpointError
+
             raise CheckpointError(
                 f"no checkpoint given and no bundled default model at {folder}; "
                 "pass --checkpoint DIR, or --untrained PRESET to run random weights "
                 "(for shape and speed checks only)"
             )
-        checkpoint: Checkpoint = load_checkpoint(folder, device)
-        return cls(
-            checkpoint.model, name=f"{checkpoint.config.preset}:{folder.name}", device=device
-        )
+        return cls(open_backend(backend, folder, device=device, cache_dir=cache_dir))
 
     @classmethod
-    def untrained(cls, preset: str, device: torch.device | str = "cpu", seed: int = 0) -> Animator:
-        """A randomly initialised network: its output is meaningless, its shapes and speed real."""
+    def untrained(cls, preset: str, device: str = "cpu", seed: int = 0) -> Animator:
+        """A randomly initialised network on PyTorch: its output is meaningless, its shapes and
+        speed real (other backends need an exported checkpoint)."""
+        import torch
+
+        from export.backends.torch_backend import TorchBackend
+        from models.config import preset_config
+        from models.pmmtalk import PMMTalk
+
         torch.manual_seed(seed)
         logger.warning(
             "using an UNTRAINED %s network: the animation will not follow the speech", preset
         )
-        return cls(PMMTalk(preset_config(preset)), name=f"{preset}:untrained", device=device)
+        model = PMMTalk(preset_config(preset))
+        return cls(TorchBackend(model, name=f"{preset}:untrained", device=device))
 
-    @torch.inference_mode()
+    def identity(self, face: np.ndarray | None) -> Identity:
+        """The identity pyramid of an RGB photo (H, W, 3) uint8, or of the bundled default face
+        for None; encoded on first sight, then served from the cache while it stays recent."""
+        key = _face_key(face)
+        with self._lock:
+            cached = self._faces.get(key)
+            if cached is not None:
+                self._faces.move_to_end(key)
+                return cached
+        identity = self.backend.encode_face(reference_face(face, self.cfg.wav2lip.img_size))
+        with self._lock:
+            self._faces[key] = identity
+            while len(self._faces) > self._face_cache_size:
+                self._faces.popitem(last=False)
+        return identity
+
+    def style_vector(self, style: int | None) -> np.ndarray:
+        """(style_dim,) float32: row ``style`` of the model's style table, or for None the mean
+        row (the style for a speaker the model was not trained on)."""
+        spec = self.backend.spec
+        if style is None:
+            return spec.mean_style
+        count = spec.style_table.shape[0]
+        if not 0 <= style < count:
+            raise ValueError(f"style {style} is out of range; this model has styles 0..{count - 1}")
+        return np.asarray(spec.style_table[style], dtype=np.float32)
+
     def animate(
         self,
         samples: np.ndarray,
@@ -80,20 +157,27 @@ class Animator:
         """samples (n,) float32 at 16 kHz; face an RGB photo (H, W, 3) uint8 or None for the
         default reference; style a training-subject index or None for the average style.
 
-        Returns exactly ceil(n * 30 / 16000) frames.
+        Returns exactly ceil(n * 30 / 16000) frames, clipped to `COEFFICIENT_RANGE`.
         """
         if samples.ndim != 1 or samples.size == 0:
             raise ValueError("animate needs a non-empty mono clip of shape (n,)")
-        size = self.cfg.wav2lip.img_size
-        reference = torch.from_numpy(reference_face(face, size))[None].to(self.device)
-        wave = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))[None]
-        frames = num_frames(samples.size, self.cfg.sample_rate_hz, self.cfg.fps)
-        output = self.model(wave.to(self.device), reference, style=style, num_frames=frames)
-        coefficients = output.blendshapes[0].clamp(*COEFFICIENT_RANGE)
+        vector = self.style_vector(style)
+        wave = np.ascontiguousarray(samples, dtype=np.float32)
+        frames = self.backend.speech_to_frames(wave, self.identity(face), vector)  # (T, 32)
+        expected = num_frames(samples.size, self.cfg.sample_rate_hz, self.cfg.fps)
+        if frames.shape != (expected, len(self.cfg.blendshape_names)):
+            raise RuntimeError(
+                f"the {self.backend.name} backend gave {frames.shape} for {samples.size} samples; "
+                f"expected ({expected}, {len(self.cfg.blendshape_names)})"
+            )
         return Animation(
-            frames=coefficients.float().cpu().numpy(),
+            frames=np.clip(frames, *COEFFICIENT_RANGE).astype(np.float32),
             fps=self.cfg.fps,
             names=self.cfg.blendshape_names,
             duration_s=samples.size / self.cfg.sample_rate_hz,
             model=self.name,
         )
+
+    def close(self) -> None:
+        """Release the backend's sessions, engines or network."""
+        self.backend.close()
