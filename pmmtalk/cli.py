@@ -14,6 +14,10 @@ from models.config import PRESETS
 from pmmtalk.errors import InputError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from export.onnx import ParityResult
+    from export.quantize import VariantReport
     from pmmtalk.animate import Animator
 
 app = typer.Typer(
@@ -52,16 +56,41 @@ UntrainedOption = Annotated[
         callback=_check_preset,
     ),
 ]
-DeviceOption = Annotated[str, typer.Option(help="PyTorch device, e.g. cpu or cuda.")]
+DeviceOption = Annotated[
+    str, typer.Option(help="auto (a GPU when one is present), cpu, cuda or cuda:N.")
+]
 
 
-def _animator(checkpoint: Path | None, untrained: str | None, device: str) -> Animator:
+def _check_backend(name: str) -> str:
+    from export.backends.select import BACKEND_CHOICES
+
+    if name not in BACKEND_CHOICES:
+        raise typer.BadParameter(f"choose one of {', '.join(BACKEND_CHOICES)}")
+    return name
+
+
+BackendOption = Annotated[
+    str,
+    typer.Option(
+        help="Runtime: auto (the fastest present: tensorrt on a GPU with engines, else torch "
+        "on a GPU, else onnx), torch, onnx or tensorrt. onnx and tensorrt export the checkpoint "
+        "once, into ~/.cache/pmmtalk or $PMMTALK_CACHE_DIR.",
+        callback=_check_backend,
+    ),
+]
+
+
+def _animator(
+    checkpoint: Path | None, untrained: str | None, device: str, backend: str
+) -> Animator:
     """The network `animate` and `render` run: random weights of a preset, or a checkpoint."""
     from pmmtalk.animate import Animator
 
     if untrained is not None:
+        if backend not in ("auto", "torch"):
+            raise _fail(f"--untrained runs on the torch backend only, not --backend {backend}")
         return Animator.untrained(untrained, device)
-    return Animator.from_checkpoint(checkpoint, device)
+    return Animator.from_checkpoint(checkpoint, device, backend)
 
 
 @app.callback()
@@ -93,9 +122,11 @@ def animate(
     ] = None,
     checkpoint: CheckpointOption = None,
     untrained: UntrainedOption = None,
-    device: DeviceOption = "cpu",
+    device: DeviceOption = "auto",
+    backend: BackendOption = "auto",
 ) -> None:
     """Animate a speech file offline and write the 32 coefficients per frame."""
+    from export.backends.base import BackendUnavailableError
     from pmmtalk.audio import load_audio
     from pmmtalk.face import load_image
     from pmmtalk.outputs import write_animation
@@ -105,16 +136,23 @@ def animate(
     try:
         samples = load_audio(audio)
         photo = load_image(face) if face is not None else None
-        animator = _animator(checkpoint, untrained, device)
+        animator = _animator(checkpoint, untrained, device, backend)
         started = time.perf_counter()
         result = animator.animate(samples, photo, style)
         elapsed_s = time.perf_counter() - started
         written = write_animation(result, output)
-    except (InputError, CheckpointError, ValueError, FileNotFoundError) as exc:
+    except (
+        InputError,
+        CheckpointError,
+        BackendUnavailableError,
+        ValueError,
+        FileNotFoundError,
+    ) as exc:
         raise _fail(str(exc)) from exc
     typer.echo(
         f"{written}: {result.frames.shape[0]} frames at {result.fps} fps for "
-        f"{result.duration_s:.2f} s of speech ({result.model}, {elapsed_s:.2f} s compute)"
+        f"{result.duration_s:.2f} s of speech ({result.model} on {animator.backend.name}, "
+        f"{elapsed_s:.2f} s compute)"
     )
 
 
@@ -140,11 +178,13 @@ def render(
     checkpoint: CheckpointOption = None,
     untrained: UntrainedOption = None,
     size: Annotated[int, typer.Option(help="Face panel side in pixels (even, 64-1024).")] = 256,
-    device: DeviceOption = "cpu",
+    device: DeviceOption = "auto",
+    backend: BackendOption = "auto",
 ) -> None:
     """Render a lip-sync review video: the animated face beside its curves, with the speech."""
     import numpy as np
 
+    from export.backends.base import BackendUnavailableError
     from models.blendshapes import SAMPLE_RATE_HZ
     from models.renderer import FaceIdentity
     from pmmtalk.audio import load_audio
@@ -168,7 +208,7 @@ def render(
         if coefficients is not None:
             result = read_animation(coefficients)
         else:
-            animator = _animator(checkpoint, untrained, device)
+            animator = _animator(checkpoint, untrained, device, backend)
             result = animator.animate(samples)
         identity = (
             None if face_seed is None else FaceIdentity.random(np.random.default_rng(face_seed))
@@ -179,7 +219,13 @@ def render(
         curves = write_curves_png(
             output.with_suffix(".png"), result.frames, result.fps, result.names
         )
-    except (InputError, CheckpointError, ValueError, FileNotFoundError) as exc:
+    except (
+        InputError,
+        CheckpointError,
+        BackendUnavailableError,
+        ValueError,
+        FileNotFoundError,
+    ) as exc:
         raise _fail(str(exc)) from exc
     except VideoEncodingError as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
@@ -203,8 +249,9 @@ def train(
     recipe: Annotated[
         str,
         typer.Option(
-            help="Training recipe: default (the shipped model, under 2 h on 2 cores), aligned "
-            "(the recogniser also learns phone timings) or quick (minutes, to try the pipeline).",
+            help="Training recipe: default (= framewise, the shipped model: a frame-wise phone "
+            "recogniser), ctc (the first model: a CTC recogniser), aligned (CTC plus phone "
+            "timings) or quick (minutes, to try the pipeline).",
             callback=_recipe,
         ),
     ] = "default",
@@ -405,48 +452,155 @@ def model_info(
     typer.echo(report.to_markdown())
 
 
+def _aligned(rows: Sequence[Sequence[str]]) -> str:
+    """Rows of cells as left-aligned columns two spaces apart; the first row is the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def _parity_table(results: list[ParityResult]) -> str:
+    """The parity results as aligned columns: graph, input, frames, max abs error, result."""
+    rows = [("graph", "input", "frames", "max abs error", "result")]
+    rows += [
+        (
+            r.graph,
+            r.input,
+            str(r.frames),
+            f"{r.max_abs_error:.2e}",
+            "pass" if r.passed else "FAIL",
+        )
+        for r in results
+    ]
+    return _aligned(rows)
+
+
+def _variant_table(reports: list[VariantReport]) -> str:
+    """Variant reports as aligned columns; ALE in coefficient units, RTF = compute s / audio s."""
+
+    def number(value: float | None, spec: str) -> str:
+        return "n/a" if value is None else format(value, spec)
+
+    rows = [("file", "MB", "max abs error", "ALE fp32", "ALE change", "clips", "RTF fp32", "RTF")]
+    rows += [
+        (
+            r.file,
+            f"{r.bytes / 1e6:.1f}",
+            f"{r.max_abs_error:.2e}",
+            number(r.ale_fp32, ".5f"),
+            number(r.ale_change, "+.1e"),
+            str(r.clips),
+            number(r.rtf_fp32, ".3f"),
+            number(r.rtf_variant, ".3f"),
+        )
+        for r in reports
+    ]
+    return _aligned(rows)
+
+
 @export_app.command("onnx")
 def export_onnx_command(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the .onnx files.")],
-    checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint directory to export.")] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="Checkpoint directory to export; the bundled default model if omitted."),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Folder to export into. Without it the export goes to the cache "
+            "($PMMTALK_CACHE_DIR, else ~/.cache/pmmtalk), where serving finds it.",
+        ),
+    ] = None,
+    variants: Annotated[
+        str | None,
+        typer.Option(help="Also write and score these variants: fp16, int8 or fp16,int8."),
+    ] = None,
+    corpus: Annotated[
+        Path | None,
+        typer.Option(
+            help="Corpus whose test split scores the variants' ALE; a small held-out corpus "
+            "is generated into the cache when omitted."
+        ),
+    ] = None,
+    max_clips: Annotated[
+        int | None, typer.Option(min=1, help="Score the variants on at most N corpus clips.")
+    ] = None,
+    no_cache: Annotated[
+        bool,
+        typer.Option("--no-cache", help="Export again even where the cache holds this export."),
+    ] = False,
     untrained: Annotated[
         str | None,
         typer.Option(
-            help="Export a randomly initialised PRESET (lite or paper) instead of a checkpoint: "
-            "for shape and speed work only.",
+            help="Export a randomly initialised PRESET (lite or paper) instead of a checkpoint "
+            "(needs -o): for shape and speed work only.",
             callback=_check_preset,
         ),
     ] = None,
 ) -> None:
-    """Export face_encoder.onnx and speech_to_frames.onnx, then check them against PyTorch."""
-    import torch
-
-    from export.onnx import PARITY_TOLERANCE, check_parity, export_onnx
-    from models.checkpoint import load_checkpoint
-    from models.config import preset_config
-    from models.pmmtalk import PMMTalk
+    """Export face_encoder.onnx, speech_to_frames.onnx and stream_window.onnx, check them
+    against PyTorch, and print the parity table; exits 1 if a graph is off by more than 1e-4."""
+    from export.cache import (
+        ExportParityError,
+        cache_root,
+        checkpoint_digest,
+        ensure_exported,
+        progress_printer,
+        read_manifest,
+        write_export,
+    )
+    from export.onnx import PARITY_TOLERANCE, ParityResult
+    from export.quantize import held_out_corpus, make_variants, parse_variants
+    from models.corpus.espeak import EngineUnavailableError
+    from pmmtalk.animate import DEFAULT_CHECKPOINT_DIR
 
     if checkpoint is not None and untrained is not None:
         raise _fail("give either --checkpoint or --untrained, not both")
+    if untrained is not None and output is None:
+        raise _fail("--untrained needs -o OUT: the cache holds exports of checkpoints only")
     try:
-        if untrained is not None:
-            torch.manual_seed(0)
-            model = PMMTalk(preset_config(untrained)).eval()
-        elif checkpoint is not None:
-            model = load_checkpoint(checkpoint).model
+        kinds = parse_variants(variants) if variants is not None else ()
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    source = checkpoint if checkpoint is not None else DEFAULT_CHECKPOINT_DIR
+    say = progress_printer(True)
+    try:
+        if output is None:
+            exported = ensure_exported(source, force=no_cache)
+            manifest = read_manifest(exported.directory)
+            results = [ParityResult.from_dict(r) for r in manifest["parity"]["results"]]
+            typer.echo(f"{exported.directory}: exported {manifest['created']} from {source}")
         else:
-            raise _fail("give --checkpoint DIR, or --untrained PRESET for random weights")
-        exported = export_onnx(model, output)
-        results = check_parity(model, exported)
+            import torch
+
+            from models.checkpoint import load_checkpoint
+            from models.config import preset_config
+            from models.pmmtalk import PMMTalk
+
+            if untrained is not None:
+                torch.manual_seed(0)
+                model = PMMTalk(preset_config(untrained)).eval()
+                digest, label = None, f"untrained {untrained} (seed 0)"
+            else:
+                digest, label = checkpoint_digest(source), str(source)
+                say(f"loading checkpoint {source}")
+                model = load_checkpoint(source).model
+            exported, results = write_export(
+                model, output, digest=digest, source=label, progress=say
+            )
+            typer.echo(f"{exported.directory}: exported from {label}")
+    except ExportParityError as exc:
+        typer.echo(_parity_table(exc.results))
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(code=1) from exc
     except (CheckpointError, ValueError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from exc
-    typer.echo(f"wrote {exported.face_encoder} and {exported.speech_to_frames}")
-    for result in results:
-        typer.echo(
-            f"{result.samples} samples ({result.frames} frames): "
-            f"max abs error {result.max_abs_error:.2e}"
-        )
-    worst = max(result.max_abs_error for result in results)
+    typer.echo(_parity_table(results))
+    worst = max(r.max_abs_error for r in results)
     if worst > PARITY_TOLERANCE:
         typer.secho(
             f"error: ONNX output differs from PyTorch by {worst:.2e} (tolerance "
@@ -455,3 +609,169 @@ def export_onnx_command(
             fg=typer.colors.RED,
         )
         raise typer.Exit(code=1)
+    if not kinds:
+        return
+    if corpus is None:
+        try:
+            say("generating the held-out corpus the variants are scored on (first use only)")
+            corpus = held_out_corpus(cache_root())
+        except EngineUnavailableError as exc:
+            typer.secho(
+                f"warning: cannot generate a held-out corpus ({exc}); reporting the variants' "
+                "error only, no ALE change (or pass --corpus DIR)",
+                err=True,
+                fg=typer.colors.YELLOW,
+            )
+    try:
+        reports = make_variants(exported, kinds, corpus, max_clips=max_clips, progress=say)
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(_variant_table(reports))
+
+
+def _check_triton_kind(kind: str) -> str:
+    if kind not in ("cpu", "gpu"):
+        raise typer.BadParameter("choose cpu or gpu")
+    return kind
+
+
+ExportCheckpointOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Checkpoint to export (once, into the export cache); the bundled default "
+        "model when neither this nor --export-dir is given."
+    ),
+]
+ExportDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Use this ONNX export directory (face_encoder.onnx, speech_to_frames.onnx, "
+        "stream_window.onnx) instead of exporting a checkpoint."
+    ),
+]
+
+
+def _export_dir(checkpoint: Path | None, export_dir: Path | None) -> Path:
+    """The ONNX export directory a command works from: given, or the checkpoint's cached export."""
+    if checkpoint is not None and export_dir is not None:
+        raise _fail("give either --checkpoint or --export-dir, not both")
+    if export_dir is not None:
+        return export_dir
+    from export.cache import ExportParityError, ensure_exported
+    from pmmtalk.animate import DEFAULT_CHECKPOINT_DIR
+
+    try:
+        exported = ensure_exported(checkpoint if checkpoint is not None else DEFAULT_CHECKPOINT_DIR)
+    except ExportParityError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(code=1) from exc
+    return exported.directory
+
+
+@export_app.command("tensorrt")
+def export_tensorrt_command(
+    checkpoint: ExportCheckpointOption = None,
+    export_dir: ExportDirOption = None,
+    fp32: Annotated[
+        bool, typer.Option("--fp32", help="Float32 engines instead of mixed fp16.")
+    ] = False,
+    max_batch: Annotated[
+        int, typer.Option(min=1, help="Most stream windows one streaming-engine call takes.")
+    ] = 16,
+    max_seconds: Annotated[
+        float, typer.Option(min=0.1, help="Longest clip the offline engine takes, in seconds.")
+    ] = 60.0,
+    timing_cache: Annotated[
+        Path | None,
+        typer.Option(
+            help="TensorRT timing-cache file; EXPORT_DIR/tensorrt/timing.cache if omitted."
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Rebuild even when matching engines exist.")
+    ] = False,
+) -> None:
+    """Build TensorRT engines (EXPORT_DIR/tensorrt/*.plan) and check them against ONNX Runtime.
+
+    Needs an NVIDIA GPU with TensorRT >= 10 and cuda-python (pip install 'pmmtalk-server[gpu]').
+    """
+    from export.tensorrt import (
+        EngineBuildError,
+        TensorRTUnavailableError,
+        build_engines,
+        describe,
+        load_tensorrt,
+    )
+
+    try:
+        load_tensorrt()  # before an ONNX export that takes minutes
+        engines = build_engines(
+            _export_dir(checkpoint, export_dir),
+            fp16=not fp32,
+            max_batch=max_batch,
+            max_seconds=max_seconds,
+            timing_cache=timing_cache,
+            force=force,
+        )
+    except (TensorRTUnavailableError, CheckpointError, ValueError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from exc
+    except EngineBuildError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(code=1) from exc
+    for line in describe(engines):
+        typer.echo(line)
+    failed = [result for result in engines.parity if not result.passed]
+    if failed:
+        typer.secho(
+            f"error: {len(failed)} engine check(s) exceed their tolerance; do not deploy these "
+            "engines",
+            err=True,
+            fg=typer.colors.RED,
+        )
+        raise typer.Exit(code=1)
+
+
+@export_app.command("triton")
+def export_triton_command(
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Model repository folder to write.")
+    ],
+    checkpoint: ExportCheckpointOption = None,
+    export_dir: ExportDirOption = None,
+    kind: Annotated[
+        str,
+        typer.Option(
+            help="Where Triton runs the models: cpu or gpu (instance_group kind).",
+            callback=_check_triton_kind,
+        ),
+    ] = "cpu",
+    max_batch: Annotated[
+        int, typer.Option(min=1, help="max_batch_size of the streaming model (windows per call).")
+    ] = 16,
+    max_queue_delay_us: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="How long dynamic batching may hold a window, microseconds; 2000 if omitted.",
+        ),
+    ] = None,
+    instance_count: Annotated[int, typer.Option(min=1, help="Model instances per device.")] = 1,
+) -> None:
+    """Write a Triton Inference Server model repository (ONNX Runtime backend) for the model."""
+    from export.triton import DEFAULT_MAX_QUEUE_DELAY_US, repository_tree, write_triton_repository
+
+    try:
+        root = write_triton_repository(
+            _export_dir(checkpoint, export_dir),
+            output,
+            max_batch=max_batch,
+            max_queue_delay_us=(
+                DEFAULT_MAX_QUEUE_DELAY_US if max_queue_delay_us is None else max_queue_delay_us
+            ),
+            instance_count=instance_count,
+            kind="gpu" if kind == "gpu" else "cpu",
+        )
+    except (CheckpointError, ValueError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from exc
+    for line in repository_tree(root):
+        typer.echo(line)
