@@ -81,7 +81,8 @@ def tiny_model(tiny_config: PMMTalkConfig) -> PMMTalk:
 @pytest.fixture(scope="session", autouse=True)
 def isolated_export_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Exports made during the tests go to a temporary cache, never the user's ~/.cache."""
-    folder = tmp_path_factory.mktemp("export-cache")
+    folder = tmp_path_factory.getbasetemp() / "export-cache"
+    folder.mkdir(exist_ok=True)
     patch = pytest.MonkeyPatch()
     patch.setenv("PMMTALK_CACHE_DIR", str(folder))
     yield folder

@@ -33,17 +33,9 @@ from models.pmmtalk import PMMTalk
 from models.streaming import StreamWindow
 
 
-def shared_checkpoint(model: PMMTalk, factory: pytest.TempPathFactory) -> Path:
-    """The tiny model saved once per test session (tests/export/* all use this folder)."""
-    folder = factory.getbasetemp() / "tiny-checkpoint"
-    if not (folder / WEIGHTS_FILE).is_file():
-        save_checkpoint(model, folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
-def checkpoint(tiny_model: PMMTalk, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return shared_checkpoint(tiny_model, tmp_path_factory)
+def checkpoint(tiny_checkpoint: Path) -> Path:
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

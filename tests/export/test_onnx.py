@@ -38,21 +38,12 @@ from pmmtalk.face import reference_face
 CPU = ["CPUExecutionProvider"]
 
 
-def shared_checkpoint(model: PMMTalk, factory: pytest.TempPathFactory) -> Path:
-    """The tiny model saved once per test session (tests/export/* all use this folder)."""
-    folder = factory.getbasetemp() / "tiny-checkpoint"
-    if not (folder / WEIGHTS_FILE).is_file():
-        save_checkpoint(model, folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
-def exported(tiny_model: PMMTalk, tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
+def exported(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
     # One cache for the session: the export (about a minute on 2 cores) runs once for all of
     # tests/export/, whichever file runs first.
     cache = tmp_path_factory.getbasetemp() / "export-cache"
-    checkpoint = shared_checkpoint(tiny_model, tmp_path_factory)
-    return ensure_exported(checkpoint, cache_dir=cache, progress=False)
+    return ensure_exported(tiny_checkpoint, cache_dir=cache, progress=False)
 
 
 def test_parity_with_pytorch_over_clip_lengths_and_window_batches(
@@ -198,14 +189,13 @@ def test_cli_reports_a_missing_or_corrupt_checkpoint(
 
 
 def test_cli_prints_the_parity_table_of_the_cached_export(
-    tiny_model: PMMTalk,
+    tiny_checkpoint: Path,
     exported: ExportedModel,
     tmp_path_factory: pytest.TempPathFactory,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path_factory.getbasetemp() / "export-cache"))
-    checkpoint = shared_checkpoint(tiny_model, tmp_path_factory)
-    result = CliRunner().invoke(app, ["export", "onnx", "--checkpoint", str(checkpoint)])
+    result = CliRunner().invoke(app, ["export", "onnx", "--checkpoint", str(tiny_checkpoint)])
     assert result.exit_code == 0, result.output
     assert str(exported.directory) in result.output
     rows = [line.split() for line in result.output.splitlines() if ".onnx  " in line]

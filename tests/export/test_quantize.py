@@ -26,7 +26,6 @@ from export.quantize import (
     variant_path,
 )
 from models.blendshapes import num_frames
-from models.checkpoint import WEIGHTS_FILE, save_checkpoint
 from models.corpus.espeak import EngineUnavailableError
 from models.corpus.manifest import (
     MANIFEST_NAME,
@@ -35,21 +34,12 @@ from models.corpus.manifest import (
     write_manifest,
     write_phone_table,
 )
-from models.pmmtalk import PMMTalk
 from pmmtalk.cli import app
 
 
-def shared_checkpoint(model: PMMTalk, factory: pytest.TempPathFactory) -> Path:
-    """The tiny model saved once per test session (tests/export/* all use this folder)."""
-    folder = factory.getbasetemp() / "tiny-checkpoint"
-    if not (folder / WEIGHTS_FILE).is_file():
-        save_checkpoint(model, folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
-def checkpoint(tiny_model: PMMTalk, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return shared_checkpoint(tiny_model, tmp_path_factory)
+def checkpoint(tiny_checkpoint: Path) -> Path:
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,7 @@ from skimage import data
 from export.backends.base import Backend, Identity
 from export.backends.onnx_backend import OnnxBackend
 from export.backends.torch_backend import TorchBackend
-from models.checkpoint import save_checkpoint
-from models.pmmtalk import PMMTalk
 from pmmtalk.face import reference_face
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tiny_model: PMMTalk, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_checkpoint(tiny_model, tmp_path_factory.mktemp("tiny-checkpoint"))
 
 
 @pytest.fixture(scope="session")
