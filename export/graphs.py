@@ -7,6 +7,7 @@ rewrite in `export.tensorrt`) keep those in float32.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Final
 
 import onnx
@@ -20,6 +21,8 @@ EXPORT_FILES: Final[tuple[str, ...]] = (
     STREAM_WINDOW_FILE,
 )
 """The three graphs every export directory holds."""
+GRAPH_NAMES: Final[tuple[str, ...]] = tuple(name.removesuffix(".onnx") for name in EXPORT_FILES)
+"""The same graphs by name (engine files and Triton models are named after them)."""
 
 HIERARCHY_METADATA_KEY: Final = "pkg.torch.onnx.class_hierarchy"
 """Node metadata where the dynamo exporter lists the modules a node was traced in."""
@@ -51,3 +54,24 @@ def front_end_nodes(model: onnx.ModelProto) -> list[str]:
             "`pmmtalk export onnx`"
         )
     return names
+
+
+def graph_files(export_dir: str | Path) -> dict[str, Path]:
+    """The ONNX file of each graph in `GRAPH_NAMES` in an export directory.
+
+    Raises:
+        FileNotFoundError: the directory or one of the files is missing.
+    """
+    folder = Path(export_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"ONNX export directory not found: {folder}; create it with `pmmtalk export onnx`"
+        )
+    files = {name: folder / f"{name}.onnx" for name in GRAPH_NAMES}
+    missing = [path.name for path in files.values() if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{folder} lacks {', '.join(missing)}; re-export the checkpoint with this release "
+            "(`pmmtalk export onnx`)"
+        )
+    return files

@@ -57,11 +57,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from export.graphs import front_end_nodes
+from export.graphs import front_end_nodes, graph_files
 
 logger = logging.getLogger(__name__)
 
-GRAPH_NAMES: Final[tuple[str, ...]] = ("face_encoder", "speech_to_frames", "stream_window")
 """The ONNX graphs of an export (``<name>.onnx``) and the engines built from them."""
 ENGINE_DIR_NAME: Final = "tensorrt"
 PLAN_SUFFIX: Final = ".plan"
@@ -650,27 +649,6 @@ def _metadata(path: Path) -> dict[str, str]:
     """An ONNX file's ``metadata_props`` (read here so this module needs no PyTorch)."""
     model = onnx.load(str(path), load_external_data=False)
     return {prop.key: prop.value for prop in model.metadata_props}
-
-
-def graph_files(export_dir: str | Path) -> dict[str, Path]:
-    """The ONNX file of each graph in `GRAPH_NAMES` in an export directory.
-
-    Raises:
-        FileNotFoundError: the directory or one of the files is missing.
-    """
-    folder = Path(export_dir)
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"ONNX export directory not found: {folder}; create it with `pmmtalk export onnx`"
-        )
-    files = {name: folder / f"{name}.onnx" for name in GRAPH_NAMES}
-    missing = [path.name for path in files.values() if not path.is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{folder} lacks {', '.join(missing)}; re-export the checkpoint with this release "
-            "(`pmmtalk export onnx`)"
-        )
-    return files
 
 
 def _timing_cache(rt: TensorRTRuntime, builder: Any, path: Path) -> Any:

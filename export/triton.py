@@ -33,11 +33,12 @@ from typing import Final, Literal
 import onnx
 from onnx import TensorProto
 
+from export.graphs import graph_files
+
 logger = logging.getLogger(__name__)
 
 TritonKind = Literal["cpu", "gpu"]
 KINDS: Final[tuple[TritonKind, ...]] = ("cpu", "gpu")
-GRAPH_NAMES: Final[tuple[str, ...]] = ("face_encoder", "speech_to_frames", "stream_window")
 """The graphs of an export directory (``<name>.onnx``); each becomes a Triton model."""
 PLATFORM: Final = "onnxruntime_onnx"
 MODEL_VERSION: Final = "1"
@@ -275,17 +276,7 @@ def write_triton_repository(
         raise ValueError(f"instance_count must be at least 1, got {instance_count}")
     if max_queue_delay_us < 0:
         raise ValueError(f"max_queue_delay_us must be 0 or more, got {max_queue_delay_us}")
-    source = Path(export_dir)
-    if not source.is_dir():
-        raise FileNotFoundError(
-            f"ONNX export directory not found: {source}; create it with `pmmtalk export onnx`"
-        )
-    files = {name: source / f"{name}.onnx" for name in GRAPH_NAMES}
-    missing = [path.name for path in files.values() if not path.is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{source} lacks {', '.join(missing)}; re-export the checkpoint with this release"
-        )
+    files = graph_files(export_dir)
     root = Path(out_dir)
     if root.exists() and not root.is_dir():
         raise ValueError(f"{root} exists and is not a directory; choose another --output")
@@ -299,7 +290,7 @@ def write_triton_repository(
         shutil.copyfile(files[name], version / MODEL_FILE)
         for location in _external_files(files[name]):
             (version / location).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source / location, version / location)
+            shutil.copyfile(files[name].parent / location, version / location)
         (folder / CONFIG_FILE).write_text(
             render_config(
                 model,

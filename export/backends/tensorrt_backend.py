@@ -40,9 +40,9 @@ from export.backends.inputs import (
     style_batch,
 )
 from export.backends.spec import ExportedFileError, read_export_spec
+from export.graphs import GRAPH_NAMES
 from export.tensorrt import (
     ENGINE_DIR_NAME,
-    GRAPH_NAMES,
     PLAN_SUFFIX,
     TensorRTRuntime,
     TensorRTUnavailableError,

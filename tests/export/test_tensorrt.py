@@ -17,9 +17,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
+from export.graphs import GRAPH_NAMES
 from export.tensorrt import (
     FP16_PARITY_TOLERANCE,
-    GRAPH_NAMES,
     EngineBuildError,
     TensorRTUnavailableError,
     axis_ranges,

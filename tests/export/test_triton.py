@@ -13,7 +13,8 @@ from google.protobuf import text_format
 from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
-from export.triton import GRAPH_NAMES, write_triton_repository
+from export.graphs import GRAPH_NAMES
+from export.triton import write_triton_repository
 from pmmtalk.cli import app
 
 model_config_pb2 = pytest.importorskip(
