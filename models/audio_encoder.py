@@ -6,6 +6,7 @@ Built on `transformers`' Wav2Vec2Model so that a Hugging Face-format wav2vec 2.0
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from torch import Tensor, nn
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
 from models.config import AudioEncoderConfig, TextDecoderConfig
+from models.local_attention import run_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +133,9 @@ class SpeechEncoder(nn.Module):
     def contextualize(self, latents: Tensor) -> Tensor:
         """psi_AD. latents (B, F, C) -> contextual audio features A (B, F, hidden)."""
         hidden, _ = self.wav2vec2.feature_projection(latents)  # (B, F, hidden)
-        out = self.wav2vec2.encoder(hidden)
-        return out.last_hidden_state  # (B, F, hidden)
+        return run_encoder(
+            self.wav2vec2.encoder, hidden, self.cfg.attention_span_s
+        )  # (B, F, hidden)
 
     def forward(self, wave: Tensor) -> tuple[Tensor, Tensor]:
         """wave (B, S) -> (latents L (B, F, C), features A (B, F, hidden))."""
@@ -148,6 +151,7 @@ class SpeechEncoder(nn.Module):
         directory = existing_model_dir(path, "wav2vec 2.0")
         loaded = Wav2Vec2Model.from_pretrained(str(directory))
         found = audio_config_from_hf(loaded.config, self.cfg.normalize_input)
+        found = dataclasses.replace(found, attention_span_s=self.cfg.attention_span_s)
         problems = config_mismatch(self.cfg, found)
         if problems:
             raise ValueError(

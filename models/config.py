@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -44,6 +45,9 @@ class AudioEncoderConfig:
     do_stable_layer_norm: bool = True
     normalize_input: bool = True
     """Scale each clip to zero mean, unit variance (XLSR-53's feature extractor does this)."""
+    attention_span_s: tuple[float, float] | None = None
+    """(left, right) seconds each transformer layer attends around a frame; None = the whole
+    clip. A band keeps streaming windows faithful to the offline path (models.local_attention)."""
 
     @property
     def latent_dim(self) -> int:
@@ -67,6 +71,8 @@ class TextDecoderConfig:
     num_conv_pos_embedding_groups: int = 16
     do_stable_layer_norm: bool = True
     vocab_size: int = 3503
+    attention_span_s: tuple[float, float] | None = None
+    """(left, right) seconds each layer attends around a frame; None = the whole clip."""
 
 
 @dataclass(frozen=True)
@@ -217,6 +223,9 @@ def _build(cls: type[Any], data: dict[str, Any]) -> Any:
 
 
 def _coerce(hint: Any, value: Any) -> Any:
+    if isinstance(hint, types.UnionType) and value is not None:
+        (present,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        return _coerce(present, value)
     if dataclasses.is_dataclass(hint) and isinstance(value, dict):
         return _build(typing.cast(type[Any], hint), value)
     origin = typing.get_origin(hint)
@@ -231,6 +240,12 @@ def _coerce(hint: Any, value: Any) -> Any:
 def paper_config() -> PMMTalkConfig:
     """The network as the paper describes it: XLSR-53-sized branches, 96x96 Wav2Lip."""
     return PMMTalkConfig(preset="paper")
+
+
+LITE_ATTENTION_SPAN_S: tuple[float, float] = (0.5, 0.1)
+"""Seconds before and after a frame each lite speech-transformer layer attends to. With full
+attention a frame's features moved by a third when the clip around it changed, so stream windows
+disagreed with the offline path; with this band they agree (docs/model.md)."""
 
 
 def lite_config() -> PMMTalkConfig:
@@ -250,6 +265,7 @@ def lite_config() -> PMMTalkConfig:
             num_conv_pos_embeddings=32,
             num_conv_pos_embedding_groups=8,
             normalize_input=False,  # per-clip statistics would differ between stream windows
+            attention_span_s=LITE_ATTENTION_SPAN_S,
         ),
         text=TextDecoderConfig(
             hidden_size=128,
@@ -261,6 +277,7 @@ def lite_config() -> PMMTalkConfig:
             # CTC over the project's phone sets (blank, silence, English and Mandarin phones);
             # trained here as a phoneme recogniser (models/training/recognizer.py).
             vocab_size=len(PHONE_VOCABULARY),
+            attention_span_s=LITE_ATTENTION_SPAN_S,
         ),
         # 24 px frames: the generator runs once per output frame, so its resolution dominates
         # the cost (48 px with the same widths costs about 4x more per second of speech).

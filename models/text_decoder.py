@@ -7,6 +7,7 @@ its transformer blocks and its vocabulary head; the recogniser's own CNN is neve
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from models.audio_encoder import (
     text_config_from_hf,
 )
 from models.config import AudioEncoderConfig, TextDecoderConfig
+from models.local_attention import run_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ class TextDecoder(nn.Module):
     def forward(self, latents: Tensor) -> Tensor:
         """latents (B, F, C) -> CTC logits (B, F, vocab_size)."""
         hidden, _ = self.feature_projection(latents)  # (B, F, hidden)
-        hidden = self.encoder(hidden).last_hidden_state  # (B, F, hidden)
+        hidden = run_encoder(self.encoder, hidden, self.cfg.attention_span_s)  # (B, F, hidden)
         return self.lm_head(hidden)  # (B, F, vocab)
 
     def load_pretrained(self, path: str | Path) -> None:
@@ -64,7 +66,9 @@ class TextDecoder(nn.Module):
         directory = existing_model_dir(path, "wav2vec 2.0 CTC")
         loaded = Wav2Vec2ForCTC.from_pretrained(str(directory))
         hf = loaded.config
-        found = text_config_from_hf(hf)
+        found = dataclasses.replace(
+            text_config_from_hf(hf), attention_span_s=self.cfg.attention_span_s
+        )
         problems = config_mismatch(self.cfg, found)
         if hf.conv_dim[-1] != self.audio_cfg.latent_dim:
             problems.append(
