@@ -34,22 +34,17 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from export.onnx import (
-    DEFAULT_WINDOW,
-    OPSET_VERSION,
-    PARITY_TOLERANCE,
-    ExportedModel,
-    ParityResult,
-    check_parity,
-    export_onnx,
-)
-from models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, read_config
-from models.pmmtalk import PMMTalk
+from export.graphs import DEFAULT_WINDOW, OPSET_VERSION, PARITY_TOLERANCE, ExportedModel
+from models.checkpoint_format import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, read_config
 from models.streaming import StreamWindow
+
+if TYPE_CHECKING:  # exporting needs torch; a cache hit does not, and imports none of it
+    from export.onnx import ParityResult
+    from models.pmmtalk import PMMTalk
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +184,8 @@ def write_export(
     is the parity photo (RGB uint8 (H, W, 3); None: the bundled default face). Parity results
     are returned and recorded, not enforced: the caller decides what a failure means.
     """
+    from export.onnx import check_parity, export_onnx
+
     say = progress if progress is not None else progress_printer(False)
     exported = export_onnx(model, out_dir, window, on_step=lambda name: say(f"exporting {name}"))
     say("checking ONNX Runtime against PyTorch (parity)")

@@ -7,10 +7,19 @@ rewrite in `export.tensorrt`) keep those in float32.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 import onnx
+
+from models.streaming import StreamWindow
+
+OPSET_VERSION: Final = 18
+DEFAULT_WINDOW: Final = StreamWindow()
+"""The window ``stream_window.onnx`` is exported for unless told otherwise."""
+PARITY_TOLERANCE: Final = 1e-4
+"""Largest absolute difference of a coefficient between ONNX Runtime and PyTorch (fp32)."""
 
 FACE_ENCODER_FILE: Final = "face_encoder.onnx"
 SPEECH_TO_FRAMES_FILE: Final = "speech_to_frames.onnx"
@@ -75,3 +84,24 @@ def graph_files(export_dir: str | Path) -> dict[str, Path]:
             "(`pmmtalk export onnx`)"
         )
     return files
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """Paths of one export: the three graphs, all in ``directory``."""
+
+    face_encoder: Path
+    speech_to_frames: Path
+    stream_window: Path
+    directory: Path
+
+    @classmethod
+    def in_directory(cls, directory: str | Path) -> ExportedModel:
+        """The standard file names in ``directory`` (whether or not they exist yet)."""
+        folder = Path(directory)
+        return cls(
+            face_encoder=folder / FACE_ENCODER_FILE,
+            speech_to_frames=folder / SPEECH_TO_FRAMES_FILE,
+            stream_window=folder / STREAM_WINDOW_FILE,
+            directory=folder,
+        )

@@ -31,10 +31,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from export.graphs import (
-    FACE_ENCODER_FILE,
+    DEFAULT_WINDOW,
     FRONT_END_CLASS,
+    OPSET_VERSION,
+    PARITY_TOLERANCE,
     SPEECH_TO_FRAMES_FILE,
     STREAM_WINDOW_FILE,
+    ExportedModel,
 )
 from models.blendshapes import num_frames
 from models.checkpoint import load_checkpoint
@@ -53,15 +56,10 @@ from models.streaming import StreamWindow, window_forward
 
 logger = logging.getLogger(__name__)
 
-OPSET_VERSION = 18
 PARITY_CLIP_SAMPLES: tuple[int, ...] = (400, 16_000, 112_000)
 """Clip lengths `check_parity` runs: under one frame (25 ms), 1 s and 7 s at 16 kHz."""
 PARITY_WINDOW_BATCHES: tuple[int, ...] = (1, 3)
 """Batch sizes of the stream-window graph `check_parity` runs."""
-DEFAULT_WINDOW = StreamWindow()
-"""The window ``stream_window.onnx`` is exported for unless told otherwise."""
-PARITY_TOLERANCE = 1e-4
-"""Largest absolute difference of a coefficient between ONNX Runtime and PyTorch (fp32)."""
 
 
 def identity_names(cfg: PMMTalkConfig) -> list[str]:
@@ -360,27 +358,6 @@ def export_stream_window(
     )
     _finish(out, props, {name: {0: "batch"} for name in [*inputs, "blendshapes"]})
     return out
-
-
-@dataclass(frozen=True)
-class ExportedModel:
-    """Paths of one export: the three graphs, all in ``directory``."""
-
-    face_encoder: Path
-    speech_to_frames: Path
-    stream_window: Path
-    directory: Path
-
-    @classmethod
-    def in_directory(cls, directory: str | Path) -> ExportedModel:
-        """The standard file names in ``directory`` (whether or not they exist yet)."""
-        folder = Path(directory)
-        return cls(
-            face_encoder=folder / FACE_ENCODER_FILE,
-            speech_to_frames=folder / SPEECH_TO_FRAMES_FILE,
-            stream_window=folder / STREAM_WINDOW_FILE,
-            directory=folder,
-        )
 
 
 def export_onnx(

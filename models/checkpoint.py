@@ -17,19 +17,30 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from models.checkpoint_format import (
+    CONFIG_FILE,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    WEIGHTS_FILE,
+    CheckpointError,
+    read_config,
+)
 from models.config import PMMTalkConfig
 from models.pmmtalk import PMMTalk
 
+__all__ = [
+    "CONFIG_FILE",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "WEIGHTS_FILE",
+    "Checkpoint",
+    "CheckpointError",
+    "load_checkpoint",
+    "read_config",
+    "save_checkpoint",
+]
+
 logger = logging.getLogger(__name__)
-
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-FORMAT_NAME = "pmmtalk-checkpoint"
-FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory is missing, incomplete, corrupt or for another architecture."""
 
 
 @dataclass(frozen=True)
@@ -59,31 +70,6 @@ def save_checkpoint(
     (out / CONFIG_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     logger.info("saved %s checkpoint to %s", model.cfg.preset, out)
     return out
-
-
-def read_config(directory: str | Path) -> tuple[PMMTalkConfig, dict[str, Any]]:
-    """The config and metadata of a checkpoint directory, without loading its weights."""
-    folder = Path(directory)
-    path = folder / CONFIG_FILE
-    if not folder.is_dir():
-        raise CheckpointError(f"checkpoint directory not found: {folder}")
-    if not path.is_file():
-        raise CheckpointError(f"{folder} is not a PMMTalk checkpoint: {CONFIG_FILE} is missing")
-    try:
-        document = json.loads(path.read_text())
-        if document.get("format") != FORMAT_NAME:
-            raise CheckpointError(f"{path} is not a PMMTalk checkpoint config")
-        if document.get("version") != FORMAT_VERSION:
-            raise CheckpointError(
-                f"{path} has checkpoint format version {document.get('version')}; "
-                f"this release reads version {FORMAT_VERSION}"
-            )
-        config = PMMTalkConfig.from_dict(document["config"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, CheckpointError):
-            raise
-        raise CheckpointError(f"{path} is not a valid PMMTalk checkpoint config: {exc}") from exc
-    return config, dict(document.get("metadata", {}))
 
 
 def load_checkpoint(directory: str | Path, device: torch.device | str = "cpu") -> Checkpoint:
