@@ -19,7 +19,9 @@ import numpy as np
 from export.backends.base import Backend, Identity
 from models.blendshapes import num_frames
 from models.config import PMMTalkConfig
+from models.streaming import UNIT_FRAMES, UNIT_SAMPLES
 from pmmtalk.face import reference_face
+from pmmtalk.silence import frame_gains
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +30,9 @@ DEFAULT_CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "models" / "de
 
 COEFFICIENT_RANGE = (0.0, 1.0)
 """ARKit blendshape weights run from 0 (neutral) to 1 (full shape); outputs are clipped to it."""
+
+DEFAULT_SILENCE_GATE_DBFS: Final = -50.0
+"""Audio quieter than this around a frame eases it to neutral (see `pmmtalk.silence`)."""
 
 FACE_CACHE_SIZE: Final = 8
 """Reference faces whose identity pyramid an `Animator` keeps; a face costs one encoder run
@@ -57,10 +62,17 @@ def _face_key(face: np.ndarray | None) -> str:
 class Animator:
     """Animates clips on one backend; caches the identity of the last `FACE_CACHE_SIZE` faces."""
 
-    def __init__(self, backend: Backend, face_cache_size: int = FACE_CACHE_SIZE) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        face_cache_size: int = FACE_CACHE_SIZE,
+        silence_gate_dbfs: float | None = DEFAULT_SILENCE_GATE_DBFS,
+    ) -> None:
+        """``silence_gate_dbfs``: the `pmmtalk.silence` threshold; None turns the gate off."""
         if face_cache_size < 1:
             raise ValueError(f"face_cache_size must be >= 1, got {face_cache_size}")
         self.backend = backend
+        self.silence_gate_dbfs = silence_gate_dbfs
         self._faces: OrderedDict[str, Identity] = OrderedDict()
         self._face_cache_size = face_cache_size
         self._lock = threading.Lock()
@@ -95,7 +107,7 @@ class Animator:
 
         folder = Path(directory) if directory is not None else DEFAULT_CHECKPOINT_DIR
         if directory is None and not folder.is_dir():
-            from models.checkpoint import CheckpointError
+            from models.checkpoint_format import CheckpointError
 
             raise CheckpointError(
                 f"no checkpoint given and no bundled default model at {folder}; "
@@ -153,22 +165,62 @@ class Animator:
         samples: np.ndarray,
         face: np.ndarray | None = None,
         style: int | None = None,
+        frame_count: int | None = None,
     ) -> Animation:
         """samples (n,) float32 at 16 kHz; face an RGB photo (H, W, 3) uint8 or None for the
         default reference; style a training-subject index or None for the average style.
 
-        Returns exactly ceil(n * 30 / 16000) frames, clipped to `COEFFICIENT_RANGE`.
+        Returns ``frame_count`` frames, by default ceil(n * 30 / 16000), clipped to
+        `COEFFICIENT_RANGE`. Audio resampled from another rate passes the count of its source
+        (`pmmtalk.audio.DecodedAudio.num_frames`), which resampling can shift by one.
         """
-        if samples.ndim != 1 or samples.size == 0:
-            raise ValueError("animate needs a non-empty mono clip of shape (n,)")
         vector = self.style_vector(style)
-        wave = np.ascontiguousarray(samples, dtype=np.float32)
-        frames = self.backend.speech_to_frames(wave, self.identity(face), vector)  # (T, 32)
-        expected = num_frames(samples.size, self.cfg.sample_rate_hz, self.cfg.fps)
+        return self.animate_with(samples, self.identity(face), vector, frame_count)
+
+    def animate_with(
+        self,
+        samples: np.ndarray,
+        identity: Identity,
+        style: np.ndarray,
+        frame_count: int | None = None,
+    ) -> Animation:
+        """`animate` with the face already encoded and the style vector (style_dim,) chosen.
+
+        The clip runs with the stream window's left context of silence before it and its
+        lookahead of silence after it, as the first and last windows of a stream of the same
+        audio see them, so offline and streamed frames agree at both ends too.
+        """
+        if samples.ndim != 1:
+            raise ValueError(f"animate needs a mono clip of shape (n,), got {samples.shape}")
+        window = self.backend.spec.window
+        left = window.left_frames // UNIT_FRAMES * UNIT_SAMPLES
+        expected = (
+            num_frames(samples.size, self.cfg.sample_rate_hz, self.cfg.fps)
+            if frame_count is None
+            else frame_count
+        )
+        if expected < 1:
+            raise ValueError("animate needs at least one frame's worth of audio")
+        # Audio for every frame asked for (a count from the source rate can need a few samples
+        # more than resampling gave), then the lookahead.
+        covered = max(samples.size, -(-expected * self.cfg.sample_rate_hz // self.cfg.fps))
+        wave = np.concatenate(
+            [
+                np.zeros(left, dtype=np.float32),
+                np.asarray(samples, dtype=np.float32),
+                np.zeros(covered - samples.size + window.lookahead_samples, dtype=np.float32),
+            ]
+        )
+        padded = self.backend.speech_to_frames(wave, identity, style)  # (T', 32)
+        frames = padded[window.left_frames : window.left_frames + expected]
+        if self.silence_gate_dbfs is not None and frames.shape[0] == expected:
+            gains = frame_gains(samples, 0, 0, expected, self.silence_gate_dbfs)
+            frames = frames * gains[:, None]
         if frames.shape != (expected, len(self.cfg.blendshape_names)):
             raise RuntimeError(
-                f"the {self.backend.name} backend gave {frames.shape} for {samples.size} samples; "
-                f"expected ({expected}, {len(self.cfg.blendshape_names)})"
+                f"the {self.backend.name} backend gave {padded.shape} for {wave.size} samples; "
+                f"expected at least ({window.left_frames + expected}, "
+                f"{len(self.cfg.blendshape_names)})"
             )
         return Animation(
             frames=np.clip(frames, *COEFFICIENT_RANGE).astype(np.float32),

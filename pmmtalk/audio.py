@@ -20,8 +20,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from models.blendshapes import SAMPLE_RATE_HZ
-from pmmtalk.errors import AudioError
+from models.blendshapes import SAMPLE_RATE_HZ, num_frames
+from pmmtalk.errors import AudioError, AudioTooLongError
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,13 @@ class DecodedAudio:
     """Channel count of the file; all channels are averaged into ``samples``."""
     duration_s: float
     """Length of the source in seconds (source frames / source rate)."""
+    source_frames: int
+    """Samples per channel in the file as decoded."""
+
+    @property
+    def num_frames(self) -> int:
+        """Animation frames this clip gets: ceil(source_frames * 30 / source rate)."""
+        return num_frames(self.source_frames, self.source_sample_rate_hz)
 
 
 def decode_audio(source: AudioSource, *, max_seconds: float | None = None) -> DecodedAudio:
@@ -103,7 +110,7 @@ def decode_audio(source: AudioSource, *, max_seconds: float | None = None) -> De
             # Checked before decoding, so an over-long upload costs no decode time or memory.
             declared_s = declared_frames / source_rate_hz
             if max_seconds is not None and declared_s > max_seconds:
-                raise AudioError(
+                raise AudioTooLongError(
                     f"{name} is {declared_s:.1f} s long, over the {max_seconds:g} s limit; "
                     "send a shorter clip or split it into parts"
                 )
@@ -149,6 +156,7 @@ def decode_audio(source: AudioSource, *, max_seconds: float | None = None) -> De
         source_sample_rate_hz=source_rate_hz,
         source_channels=channels,
         duration_s=duration_s,
+        source_frames=int(frames.shape[0]),
     )
 
 

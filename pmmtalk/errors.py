@@ -17,3 +17,11 @@ class AudioError(InputError):
 
 class FaceError(InputError):
     """The reference face photo is unreadable or contains no usable face."""
+
+
+class TooLargeError(InputError):
+    """An input over a size or duration limit (HTTP 413 from the server)."""
+
+
+class AudioTooLongError(AudioError, TooLargeError):
+    """The audio is longer than the accepted limit."""
