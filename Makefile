@@ -18,10 +18,12 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Until the server lands (issue 5), the main job animates the bundled sample with the bundled
-# default model (models/default, trained by `pmmtalk train`).
+# The main job: the REST + WebSocket server on the bundled default model (models/default) at
+# http://127.0.0.1:8000 (docs at /docs). HOST, PORT and any PMMTALK_* variable change it.
+HOST ?= 127.0.0.1
+PORT ?= 8000
 run: setup
-	$(BIN)/pmmtalk animate samples/hello.wav -o out/hello.json
+	$(BIN)/pmmtalk serve --host $(HOST) --port $(PORT)
 
 test: setup
 	$(BIN)/python -m pytest

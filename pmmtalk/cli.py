@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from models.checkpoint import CheckpointError
+from models.checkpoint_format import CheckpointError
 from models.config import PRESETS
 from pmmtalk.errors import InputError
 
@@ -107,6 +107,95 @@ def main(
 
 
 @app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            help="Runtime: auto, torch, onnx or tensorrt (default auto).",
+            callback=lambda v: v if v is None else _check_backend(v),
+        ),
+    ] = None,
+    checkpoint: CheckpointOption = None,
+    export_dir: Annotated[
+        Path | None, typer.Option(help="Serve these exported ONNX files (no PyTorch needed).")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu, cuda or cuda:N (default auto).")
+    ] = None,
+    hop_s: Annotated[
+        float | None, typer.Option(help="Stream hop in seconds (default 0.4).")
+    ] = None,
+    left_context_s: Annotated[
+        float | None, typer.Option(help="Stream left context in seconds (default 1.0).")
+    ] = None,
+    lookahead_s: Annotated[
+        float | None, typer.Option(help="Stream lookahead in seconds (default 0.3).")
+    ] = None,
+    max_batch_size: Annotated[
+        int | None, typer.Option(help="Windows per backend call (default 8).")
+    ] = None,
+    max_wait_ms: Annotated[float | None, typer.Option(help="Batch wait in ms (default 5).")] = None,
+    max_sessions: Annotated[
+        int | None, typer.Option(help="Concurrent streams (default 32).")
+    ] = None,
+    api_key: Annotated[
+        list[str] | None, typer.Option(help="Require this API key (repeatable).")
+    ] = None,
+    allowed_origin: Annotated[
+        list[str] | None,
+        typer.Option(help="Allow browser WebSockets from this origin (repeatable)."),
+    ] = None,
+    log_format: Annotated[str | None, typer.Option(help="text or json (default text).")] = None,
+) -> None:
+    """Start the REST + WebSocket server (default http://127.0.0.1:8000, docs at /docs).
+
+    Every setting can also come from a PMMTALK_* environment variable (see docs/server.md);
+    a flag given here wins.
+    """
+    from pydantic import ValidationError
+
+    from server.run import serve as run_server
+    from server.settings import ServerSettings
+
+    flat = {
+        "host": host,
+        "port": port,
+        "log_format": log_format,
+        "model": {
+            "backend": backend,
+            "checkpoint": checkpoint,
+            "export_dir": export_dir,
+            "device": device,
+        },
+        "stream": {"hop_s": hop_s, "left_context_s": left_context_s, "lookahead_s": lookahead_s},
+        "batch": {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms},
+        "limits": {"max_sessions": max_sessions},
+        "security": {"api_keys": api_key, "allowed_origins": allowed_origin},
+    }
+    given = {
+        key: (
+            {k: v for k, v in value.items() if v is not None} if isinstance(value, dict) else value
+        )
+        for key, value in flat.items()
+    }
+    overrides: dict[str, Any] = {k: v for k, v in given.items() if v not in (None, {})}
+    try:
+        settings = ServerSettings(**overrides)
+    except (ValidationError, ValueError) as exc:
+        raise _fail(f"bad server settings: {exc}") from None
+    from export.backends.base import BackendUnavailableError
+
+    try:
+        run_server(settings)
+    except (CheckpointError, InputError, BackendUnavailableError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
 def animate(
     audio: Annotated[Path, typer.Argument(help="Speech file: WAV, FLAC, OGG, any rate/channels.")],
     output: Annotated[
@@ -127,18 +216,18 @@ def animate(
 ) -> None:
     """Animate a speech file offline and write the 32 coefficients per frame."""
     from export.backends.base import BackendUnavailableError
-    from pmmtalk.audio import load_audio
+    from pmmtalk.audio import decode_audio
     from pmmtalk.face import load_image
     from pmmtalk.outputs import write_animation
 
     if untrained is not None and checkpoint is not None:
         raise _fail("give either --checkpoint or --untrained, not both")
     try:
-        samples = load_audio(audio)
+        decoded = decode_audio(audio)
         photo = load_image(face) if face is not None else None
         animator = _animator(checkpoint, untrained, device, backend)
         started = time.perf_counter()
-        result = animator.animate(samples, photo, style)
+        result = animator.animate(decoded.samples, photo, style, decoded.num_frames)
         elapsed_s = time.perf_counter() - started
         written = write_animation(result, output)
     except (
@@ -187,7 +276,7 @@ def render(
     from export.backends.base import BackendUnavailableError
     from models.blendshapes import SAMPLE_RATE_HZ
     from models.renderer import FaceIdentity
-    from pmmtalk.audio import load_audio
+    from pmmtalk.audio import decode_audio
     from pmmtalk.video import (
         VideoEncodingError,
         check_video_options,
@@ -204,17 +293,17 @@ def render(
         )
     try:
         check_video_options(output, size)
-        samples = load_audio(audio)
+        decoded = decode_audio(audio)
         if coefficients is not None:
             result = read_animation(coefficients)
         else:
             animator = _animator(checkpoint, untrained, device, backend)
-            result = animator.animate(samples)
+            result = animator.animate(decoded.samples, frame_count=decoded.num_frames)
         identity = (
             None if face_seed is None else FaceIdentity.random(np.random.default_rng(face_seed))
         )
         video = write_render(
-            output, samples, SAMPLE_RATE_HZ, result.frames, identity, size, result.fps
+            output, decoded.samples, SAMPLE_RATE_HZ, result.frames, identity, size, result.fps
         )
         curves = write_curves_png(
             output.with_suffix(".png"), result.frames, result.fps, result.names

@@ -1,0 +1,157 @@
+"""``POST /animate`` (a whole clip) and ``POST /faces`` (register a reference photo)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import io
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.responses import Response
+
+from pmmtalk.animate import Animation
+from pmmtalk.audio import decode_audio
+from pmmtalk.errors import AudioError, FaceError, InputError, TooLargeError
+from server.deps import Authorized, State
+from server.errors import ApiError
+from server.faces import UnknownFaceError
+from server.inputs import StyleError, identity_for, style_vector
+from server.protocol import AnimateResponse, ErrorCode, FaceResponse
+from server.state import ServerState
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(dependencies=[Authorized])
+
+
+@contextlib.asynccontextmanager
+async def request_slot(state: ServerState, endpoint: str) -> AsyncIterator[None]:
+    """Hold one of ``max_concurrent_requests`` slots, or answer 503 at once when none is free;
+    count the outcome."""
+    if state.shutting_down.is_set():
+        state.metrics.requests.labels(endpoint, "shutting_down").inc()
+        state.metrics.errors.labels("shutting_down").inc()
+        raise ApiError(503, "shutting_down", "the server is shutting down; retry on another")
+    if state.request_slots.locked():
+        state.metrics.requests.labels(endpoint, "busy").inc()
+        state.metrics.errors.labels("busy").inc()
+        raise ApiError(
+            503,
+            "busy",
+            f"{state.settings.limits.max_concurrent_requests} requests are already running; "
+            "retry shortly",
+        )
+    async with state.request_slots:
+        try:
+            yield
+        except ApiError as exc:
+            state.metrics.requests.labels(endpoint, "rejected").inc()
+            state.metrics.errors.labels(exc.code).inc()
+            raise
+        except Exception:
+            state.metrics.requests.labels(endpoint, "failed").inc()
+            raise
+        state.metrics.requests.labels(endpoint, "ok").inc()
+
+
+def input_error(exc: InputError) -> ApiError:
+    """The 4xx answer for a user's bad input."""
+    code: ErrorCode
+    if isinstance(exc, TooLargeError):
+        return ApiError(413, "too_large", str(exc))
+    if isinstance(exc, AudioError):
+        code = "bad_audio"
+    elif isinstance(exc, FaceError):
+        code = "bad_face"
+    elif isinstance(exc, StyleError):
+        code = "bad_style"
+    else:
+        code = "bad_message"
+    return ApiError(404 if isinstance(exc, UnknownFaceError) else 400, code, str(exc))
+
+
+async def read_upload(upload: UploadFile, what: str, limit: int) -> bytes:
+    """An upload's bytes; 413 past ``limit`` (read one byte over to know)."""
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise ApiError(413, "too_large", f"the {what} upload is over the {limit}-byte limit")
+    return data
+
+
+def csv_body(animation: Animation) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["frame", "time_s", *animation.names])
+    for index, row in enumerate(animation.frames):
+        writer.writerow([index, f"{index / animation.fps:.6f}", *(f"{v:.6f}" for v in row)])
+    return out.getvalue()
+
+
+@router.post(
+    "/animate",
+    response_model=AnimateResponse,
+    summary="Animate a whole clip",
+    responses={400: {}, 401: {}, 404: {}, 413: {}, 422: {}, 503: {}},
+)
+async def animate(
+    state: State,
+    audio: Annotated[UploadFile, File(description="Speech: WAV, FLAC, OGG, ... any rate.")],
+    face: Annotated[UploadFile | None, File(description="A reference face photo.")] = None,
+    face_id: Annotated[str | None, Form(description="An id from POST /faces.")] = None,
+    style: Annotated[int | None, Form(ge=0, description="Style index; none = average.")] = None,
+    format: Annotated[Literal["json", "csv"], Form()] = "json",
+) -> Response:
+    """Speech in, 32 ARKit blendshape weights per frame at 30 fps out: ``ceil(n * 30 / rate)``
+    frames for ``n`` samples at ``rate`` Hz, frame ``i`` at ``i / 30`` s."""
+    limits = state.settings.limits
+    async with request_slot(state, "animate"):
+        audio_bytes = await read_upload(audio, "audio", limits.max_upload_bytes)
+        photo = await read_upload(face, "face", limits.max_upload_bytes) if face else None
+        try:
+            decoded = await asyncio.to_thread(
+                decode_audio, audio_bytes, max_seconds=limits.max_audio_s
+            )
+            vector = style_vector(state, style)
+            identity, _ = await identity_for(state, face_id, photo)
+        except InputError as exc:
+            raise input_error(exc) from None
+        animation, seconds = await state.engine.animate(
+            decoded.samples, identity, vector, decoded.num_frames
+        )
+    if format == "csv":
+        return Response(csv_body(animation), media_type="text/csv")
+    body = AnimateResponse(
+        fps=animation.fps,
+        names=list(animation.names),
+        frames=animation.frames.round(6).tolist(),
+        duration_s=decoded.duration_s,
+        model=animation.model,
+        compute_ms=round(seconds * 1000, 3),
+        frame_count=len(animation.frames),
+    )
+    return Response(body.model_dump_json(), media_type="application/json")
+
+
+@router.post(
+    "/faces",
+    response_model=FaceResponse,
+    summary="Register a reference face photo",
+    responses={400: {}, 401: {}, 413: {}, 422: {}, 503: {}},
+)
+async def faces(
+    state: State,
+    face: Annotated[UploadFile, File(description="A photo with one clear frontal face.")],
+) -> FaceResponse:
+    """Encode the face once; pass the returned ``face_id`` to /animate or a stream's start."""
+    async with request_slot(state, "faces"):
+        photo = await read_upload(face, "face", state.settings.limits.max_upload_bytes)
+        try:
+            _, face_id = await identity_for(state, None, photo)
+        except InputError as exc:
+            raise input_error(exc) from None
+    assert face_id is not None
+    return FaceResponse(face_id=face_id, cached_faces=len(state.faces))
