@@ -191,7 +191,7 @@ def serve(
 
     try:
         run_server(settings)
-    except (CheckpointError, InputError, BackendUnavailableError, ValueError) as exc:
+    except (CheckpointError, InputError, BackendUnavailableError, ValueError, OSError) as exc:
         raise _fail(str(exc)) from None
 
 

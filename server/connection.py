@@ -377,13 +377,14 @@ class StreamConnection:
                         raise SessionError("shutting_down", "the server is shutting down") from None
                     if generation != self._generation:
                         return  # interrupted: these frames belong to the abandoned utterance
-                    frames = np.clip(result[left : left + plan.count], *COEFFICIENT_RANGE)
+                    frames = result[left : left + plan.count]
                     gate = self.state.engine.animator.silence_gate_dbfs
                     if gate is not None:  # as Animator.animate_with gates the offline path
                         gains = frame_gains(
                             plan.wave, plan.wave_start, plan.first_frame, plan.count, gate
                         )
                         frames = frames * gains[:, None]
+                    frames = np.clip(frames, *COEFFICIENT_RANGE)
                     await self._send_frames(plan.first_frame, frames)
                     lag = time.monotonic() - plan.ready_at
                     for _ in range(plan.count):

@@ -24,7 +24,7 @@ def require_key(request: Request, state: State) -> None:
     key = presented_key(request.headers, request.query_params)
     if not key_accepted(state.settings.security, key):
         state.metrics.errors.labels("unauthorized").inc()
-        state.metrics.requests.labels(request.url.path, "unauthorized").inc()
+        state.metrics.requests.labels(request.url.path.strip("/"), "unauthorized").inc()
         raise ApiError(
             401,
             "unauthorized",

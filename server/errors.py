@@ -39,7 +39,7 @@ def install_error_handlers(app: FastAPI) -> None:
         state = getattr(request.app.state, "server", None)
         if state is not None:
             state.metrics.errors.labels("bad_message").inc()
-            state.metrics.requests.labels(request.url.path, "rejected").inc()
+            state.metrics.requests.labels(request.url.path.strip("/"), "rejected").inc()
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "request"
         message = f"{where}: {first.get('msg', 'invalid value')}"

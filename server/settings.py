@@ -52,7 +52,8 @@ class StreamSettings(_Section):
     lookahead_s: float = 0.3
     """Seconds of audio after a hop that its frames wait for, a multiple of 0.1."""
     idle_timeout_s: float = Field(30.0, gt=0)
-    """A session with no message for this long is closed (code 4408)."""
+    """A session with no message for this long, and no frames still owed to it, is closed
+    (code 4408)."""
     start_timeout_s: float = Field(10.0, gt=0)
     """Seconds a new connection has to send its start message."""
     max_buffered_s: float = Field(4.0, gt=0)
@@ -102,8 +103,9 @@ class SecuritySettings(_Section):
     """API keys and the WebSocket Origin allow-list."""
 
     api_keys: tuple[str, ...] = ()
-    """Accepted keys (Authorization: Bearer K, X-API-Key: K, or ?api_key=K on /stream); empty =
-    no key needed. /healthz, /readyz and /metrics never need one."""
+    """Accepted keys (Authorization: Bearer K, X-API-Key: K, or the query parameter
+    ?api_key=K, meant for browser WebSockets); empty = no key needed. /healthz, /readyz and
+    /metrics never need one."""
     allowed_origins: tuple[str, ...] = ()
     """Origins a browser WebSocket may come from; empty = any. Clients that send no Origin
     header (game engines, scripts) are always allowed."""
@@ -113,11 +115,17 @@ class ServerSettings(BaseSettings):
     """`pmmtalk serve` settings. Units are in the field names or the docstrings."""
 
     model_config = SettingsConfigDict(
-        env_prefix="PMMTALK_", env_nested_delimiter="__", frozen=True, extra="ignore"
+        env_prefix="PMMTALK_",
+        env_nested_delimiter="__",
+        env_parse_none_str="null",  # PMMTALK_MODEL__SILENCE_GATE_DBFS=null turns the gate off
+        frozen=True,
+        extra="ignore",
     )
 
     host: str = "127.0.0.1"
+    """Address to listen on; 0.0.0.0 for every interface (in a container, for example)."""
     port: int = Field(8000, ge=0, le=65535)
+    """TCP port; 0 picks a free one."""
     log_format: Literal["text", "json"] = "text"
     """json: one JSON object per log line, with the session id where there is one."""
     model: ModelSettings = ModelSettings()
@@ -125,3 +133,18 @@ class ServerSettings(BaseSettings):
     batch: BatchSettings = BatchSettings()
     limits: LimitSettings = LimitSettings()
     security: SecuritySettings = SecuritySettings()
+
+    @model_validator(mode="after")
+    def _gate_fits_the_window(self) -> ServerSettings:
+        gate_radius_s = 0.1  # pmmtalk.silence.GATE_RADIUS_S
+        stream = self.stream
+        if (
+            self.model.silence_gate_dbfs is not None
+            and min(stream.left_context_s, stream.lookahead_s) < gate_radius_s
+        ):
+            raise ValueError(
+                "the silence gate reads 0.1 s on each side of a frame, so stream.left_context_s "
+                "and stream.lookahead_s must be at least 0.1 while model.silence_gate_dbfs is "
+                "set (set it to null to turn the gate off)"
+            )
+        return self

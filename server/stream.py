@@ -5,8 +5,8 @@ channel count) into 16 kHz mono float32. `StreamBuffer` holds that audio and cut
 fixed windows of `models.streaming.StreamWindow`: window k answers frames
 ``[k * hop_frames, (k + 1) * hop_frames)`` and may run once the audio through the end of its hop
 plus the lookahead has arrived (or the utterance has ended). Every frame is planned exactly once,
-in order; after `StreamBuffer.finish` the frame count is ``ceil(samples * 30 / 16000)``, the
-same as ``POST /animate`` gives for the same audio.
+in order; after `StreamBuffer.finish` the frame count is ``ceil(n * 30 / rate)`` for ``n``
+samples at the client's rate, the same as ``POST /animate`` gives for the same audio.
 """
 
 from __future__ import annotations

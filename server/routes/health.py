@@ -47,6 +47,7 @@ async def info(state: State) -> dict[str, Any]:
         "sample_rate_hz": spec.config.sample_rate_hz,
         "names": list(spec.config.blendshape_names),
         "styles": int(spec.style_table.shape[0]),
+        "silence_gate_dbfs": engine.animator.silence_gate_dbfs,
         "window": engine.window.to_dict(),
         "batching": settings.batch.model_dump(),
         "stream": settings.stream.model_dump(),
