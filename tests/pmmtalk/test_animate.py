@@ -46,11 +46,21 @@ def _clip(samples: int, seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize(("samples", "frames"), [(1, 1), (533, 1), (534, 2), (16_000, 30)])
 def test_frame_count_and_range(backend: CountingBackend, samples: int, frames: int) -> None:
     backend.scale = 50.0  # push the raw coefficients far outside [0, 1]
-    result = Animator(backend).animate(_clip(samples))
+    result = Animator(backend, silence_gate_dbfs=None).animate(_clip(samples))
     assert result.frames.shape == (frames, 32) and result.frames.dtype == np.float32
     assert result.frames.min() == COEFFICIENT_RANGE[0] and result.frames.max() == 1.0
     assert result.fps == 30 and result.model == "tiny:test"
     assert result.duration_s == pytest.approx(samples / 16_000)
+
+
+def test_silence_eases_to_neutral_unless_the_gate_is_off(backend: CountingBackend) -> None:
+    backend.scale = 50.0
+    clip = np.concatenate([_clip(16_000), np.zeros(16_000, np.float32)])
+    gated = Animator(backend).animate(clip).frames
+    ungated = Animator(backend, silence_gate_dbfs=None).animate(clip).frames
+    assert ungated[40:].max() > 0.5  # the tiny random network does not close by itself
+    assert gated[40:].max() == 0.0  # silence from 1.1 s on: every frame neutral
+    np.testing.assert_array_equal(gated[:27], ungated[:27])  # speech passes untouched
 
 
 def test_styles(backend: CountingBackend) -> None:
@@ -61,7 +71,7 @@ def test_styles(backend: CountingBackend) -> None:
     assert not np.allclose(animator.animate(clip, style=1).frames, average)
     with pytest.raises(ValueError, match=r"style 3 is out of range; this model has styles 0\.\.2"):
         animator.animate(clip, style=3)
-    with pytest.raises(ValueError, match="non-empty mono clip"):
+    with pytest.raises(ValueError, match="at least one frame"):
         animator.animate(np.zeros(0, np.float32))
 
 
