@@ -132,7 +132,7 @@ def test_the_second_call_is_a_cache_hit(
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("a cached export was exported again")
 
-    monkeypatch.setattr(cache, "export_onnx", refuse)
+    monkeypatch.setattr("export.onnx.export_onnx", refuse)
     monkeypatch.setattr("models.checkpoint.load_checkpoint", refuse)
     files = [*exported.directory.iterdir()]
     before = {path: path.stat().st_mtime_ns for path in files}
@@ -155,8 +155,8 @@ def test_a_corrupt_cached_file_is_exported_again(
     damaged = entry / STREAM_WINDOW_FILE
     damaged.write_bytes(damaged.read_bytes()[:1000])  # a truncated copy, say
     calls: list[Path] = []
-    monkeypatch.setattr(cache, "export_onnx", copying_exporter(exported, calls))
-    monkeypatch.setattr(cache, "check_parity", passing_parity)
+    monkeypatch.setattr("export.onnx.export_onnx", copying_exporter(exported, calls))
+    monkeypatch.setattr("export.onnx.check_parity", passing_parity)
     with caplog.at_level(logging.WARNING, logger="export.cache"):
         repaired = ensure_exported(checkpoint, cache_dir=tmp_path, progress=False)
     assert len(calls) == 1
@@ -178,8 +178,8 @@ def test_a_failed_parity_check_caches_nothing(
     def failing(*args: Any, **kwargs: Any) -> list[ParityResult]:
         return [ParityResult(STREAM_WINDOW_FILE, 3, 32_000, 60, 0.5)]
 
-    monkeypatch.setattr(cache, "export_onnx", copying_exporter(exported, []))
-    monkeypatch.setattr(cache, "check_parity", failing)
+    monkeypatch.setattr("export.onnx.export_onnx", copying_exporter(exported, []))
+    monkeypatch.setattr("export.onnx.check_parity", failing)
     with pytest.raises(ExportParityError, match=r"differs from PyTorch by 5\.00e-01") as caught:
         ensure_exported(checkpoint, cache_dir=tmp_path, progress=False)
     assert caught.value.results[0].max_abs_error == 0.5
@@ -190,8 +190,8 @@ def test_racing_callers_export_once(
     checkpoint: Path, exported: ExportedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[Path] = []
-    monkeypatch.setattr(cache, "export_onnx", copying_exporter(exported, calls, delay_s=0.5))
-    monkeypatch.setattr(cache, "check_parity", passing_parity)
+    monkeypatch.setattr("export.onnx.export_onnx", copying_exporter(exported, calls, delay_s=0.5))
+    monkeypatch.setattr("export.onnx.check_parity", passing_parity)
     results: list[ExportedModel] = []
 
     def call() -> None:
