@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 import torch
 
-import export.cache as cache
 from export.cache import (
     CACHE_DIR_ENV,
     MANIFEST_FILE,
