@@ -282,11 +282,6 @@ def test_stream_contract(reference: tuple[Ready, Utterance], speech16: np.ndarra
     assert frames.min() >= 0.0 and frames.max() <= 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the bundled model predates the banded speech attention; its retrained successor "
-    "(issue 3) replaces it in the next commit",
-)
 def test_stream_matches_animate_after_end(
     server: RunningServer, reference: tuple[Ready, Utterance], speech16: np.ndarray
 ) -> None:
