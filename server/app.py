@@ -45,7 +45,7 @@ def open_animator(settings: ServerSettings) -> Animator:
         cache_dir=model.cache_dir,
         export_dir=model.export_dir,
         window=settings.stream.window(),
-        progress=False,
+        progress=True,  # a first start exports the model (about a minute): show it
     )
     if backend.spec.window != settings.stream.window():
         backend.close()
