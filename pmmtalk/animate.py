@@ -50,7 +50,7 @@ class Animation:
     model: str
 
 
-def _face_key(face: np.ndarray | None) -> str:
+def face_key(face: np.ndarray | None) -> str:
     """Hash of the photo's pixels (with shape and dtype), or "default" for the bundled face."""
     if face is None:
         return "default"
@@ -136,7 +136,7 @@ class Animator:
     def identity(self, face: np.ndarray | None) -> Identity:
         """The identity pyramid of an RGB photo (H, W, 3) uint8, or of the bundled default face
         for None; encoded on first sight, then served from the cache while it stays recent."""
-        key = _face_key(face)
+        key = face_key(face)
         with self._lock:
             cached = self._faces.get(key)
             if cached is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -38,9 +39,14 @@ def write_animation(animation: Animation, path: str | Path) -> Path:
         np.save(out, animation.frames.astype(np.float32))
     else:
         with out.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["frame", "time_s", *animation.names])
-            for index, row in enumerate(animation.frames):
-                time_s = index / animation.fps
-                writer.writerow([index, f"{time_s:.6f}", *(f"{v:.6f}" for v in row)])
+            write_csv(animation, handle)
     return out
+
+
+def write_csv(animation: Animation, handle: TextIO) -> None:
+    """The CSV shape: a ``frame, time_s, <32 names>`` header, then one row per frame."""
+    writer = csv.writer(handle)
+    writer.writerow(["frame", "time_s", *animation.names])
+    for index, row in enumerate(animation.frames):
+        time_s = index / animation.fps
+        writer.writerow([index, f"{time_s:.6f}", *(f"{v:.6f}" for v in row)])

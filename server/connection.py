@@ -27,11 +27,11 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from export.backends.base import Identity
 from models.blendshapes import SAMPLE_RATE_HZ
 from pmmtalk.animate import COEFFICIENT_RANGE
-from pmmtalk.errors import AudioError, FaceError, InputError, TooLargeError
+from pmmtalk.errors import AudioError, InputError
 from pmmtalk.silence import frame_gains
 from server.auth import key_accepted, origin_allowed, presented_key
 from server.engine import EngineClosedError
-from server.inputs import StyleError, decode_base64_photo, identity_for, style_vector
+from server.inputs import decode_base64_photo, identity_for, input_error_code, style_vector
 from server.protocol import (
     ERROR_CLOSE_CODES,
     NUM_BLENDSHAPES,
@@ -76,18 +76,6 @@ class _Event:
     samples: np.ndarray
     at: float
     frame_count: int | None = None  # for end: the utterance's frames, counted at its source
-
-
-def input_error_code(exc: InputError) -> ErrorCode:
-    if isinstance(exc, TooLargeError):
-        return "too_large"
-    if isinstance(exc, AudioError):
-        return "bad_audio"
-    if isinstance(exc, FaceError):
-        return "bad_face"
-    if isinstance(exc, StyleError):
-        return "bad_style"
-    return "bad_message"
 
 
 class StreamConnection:

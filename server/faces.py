@@ -7,7 +7,6 @@ registry is bounded; the least recently used face goes first.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import threading
 from collections import OrderedDict
@@ -16,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from export.backends.base import Identity
+from pmmtalk.animate import face_key
 from pmmtalk.errors import FaceError, TooLargeError
 from pmmtalk.face import load_image
 
@@ -53,10 +53,8 @@ def decode_photo(data: bytes, max_pixels: int) -> np.ndarray:
 
 
 def face_id_of(rgb: np.ndarray) -> str:
-    """A stable id for a decoded photo: a hash of its shape and pixels."""
-    digest = hashlib.sha256(f"{rgb.shape}".encode())
-    digest.update(np.ascontiguousarray(rgb).tobytes())
-    return digest.hexdigest()[:FACE_ID_HEX_CHARS]
+    """A stable id for a decoded photo: the `Animator`'s hash of its shape and pixels."""
+    return face_key(rgb)[:FACE_ID_HEX_CHARS]
 
 
 class UnknownFaceError(FaceError):

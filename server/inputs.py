@@ -12,13 +12,27 @@ import binascii
 import numpy as np
 
 from export.backends.base import Identity
-from pmmtalk.errors import FaceError, InputError, TooLargeError
+from pmmtalk.errors import AudioError, FaceError, InputError, TooLargeError
 from server.faces import decode_photo, face_id_of
+from server.protocol import ErrorCode
 from server.state import ServerState
 
 
 class StyleError(InputError):
     """A style index outside the model's table."""
+
+
+def input_error_code(exc: InputError) -> ErrorCode:
+    """The protocol error code for a user's bad input (HTTP and WebSocket alike)."""
+    if isinstance(exc, TooLargeError):
+        return "too_large"
+    if isinstance(exc, AudioError):
+        return "bad_audio"
+    if isinstance(exc, FaceError):
+        return "bad_face"
+    if isinstance(exc, StyleError):
+        return "bad_style"
+    return "bad_message"
 
 
 def style_vector(state: ServerState, style: int | None) -> np.ndarray:

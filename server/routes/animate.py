@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
 import io
 import logging
 from collections.abc import AsyncIterator
@@ -15,12 +14,13 @@ from fastapi.responses import Response
 
 from pmmtalk.animate import Animation
 from pmmtalk.audio import decode_audio
-from pmmtalk.errors import AudioError, FaceError, InputError, TooLargeError
+from pmmtalk.errors import InputError
+from pmmtalk.outputs import write_csv
 from server.deps import Authorized, State
 from server.errors import ApiError
 from server.faces import UnknownFaceError
-from server.inputs import StyleError, identity_for, style_vector
-from server.protocol import AnimateResponse, ErrorCode, FaceResponse
+from server.inputs import identity_for, input_error_code, style_vector
+from server.protocol import AnimateResponse, FaceResponse
 from server.state import ServerState
 
 logger = logging.getLogger(__name__)
@@ -60,18 +60,9 @@ async def request_slot(state: ServerState, endpoint: str) -> AsyncIterator[None]
 
 def input_error(exc: InputError) -> ApiError:
     """The 4xx answer for a user's bad input."""
-    code: ErrorCode
-    if isinstance(exc, TooLargeError):
-        return ApiError(413, "too_large", str(exc))
-    if isinstance(exc, AudioError):
-        code = "bad_audio"
-    elif isinstance(exc, FaceError):
-        code = "bad_face"
-    elif isinstance(exc, StyleError):
-        code = "bad_style"
-    else:
-        code = "bad_message"
-    return ApiError(404 if isinstance(exc, UnknownFaceError) else 400, code, str(exc))
+    code = input_error_code(exc)
+    status = 413 if code == "too_large" else 404 if isinstance(exc, UnknownFaceError) else 400
+    return ApiError(status, code, str(exc))
 
 
 async def read_upload(upload: UploadFile, what: str, limit: int) -> bytes:
@@ -84,10 +75,7 @@ async def read_upload(upload: UploadFile, what: str, limit: int) -> bytes:
 
 def csv_body(animation: Animation) -> str:
     out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["frame", "time_s", *animation.names])
-    for index, row in enumerate(animation.frames):
-        writer.writerow([index, f"{index / animation.fps:.6f}", *(f"{v:.6f}" for v in row)])
+    write_csv(animation, out)
     return out.getvalue()
 
 
