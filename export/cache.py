@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
+from export.backends.base import BackendUnavailableError
 from export.graphs import DEFAULT_WINDOW, OPSET_VERSION, PARITY_TOLERANCE, ExportedModel
 from models.checkpoint_format import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, read_config
 from models.streaming import StreamWindow
@@ -343,8 +345,9 @@ def ensure_exported(
     after a warning naming what was wrong. ``force`` exports again even over a usable entry.
     ``progress`` prints a line per slow step on stderr.
 
-    Raises `CheckpointError` for a missing or corrupt checkpoint and `ExportParityError` when
-    the exported graphs disagree with PyTorch (nothing is cached then).
+    Raises `CheckpointError` for a missing or corrupt checkpoint, `ExportParityError` when
+    the exported graphs disagree with PyTorch (nothing is cached then), and
+    `BackendUnavailableError` when an export is needed but PyTorch is not installed.
     """
     folder = Path(checkpoint_dir)
     digest = checkpoint_digest(folder)
@@ -358,6 +361,13 @@ def ensure_exported(
             logger.warning(
                 "the cached export %s is unusable (%s); exporting again", target, problem
             )
+    if importlib.util.find_spec("torch") is None:
+        # A serving install (the Docker images) has no PyTorch: say so, not ModuleNotFoundError.
+        raise BackendUnavailableError(
+            f"no usable export of {folder} for the stream window {window} in {target.parent}, "
+            "and making one needs PyTorch, which is not installed here; export it where PyTorch "
+            "is (`pmmtalk export onnx`) and point model.cache_dir or model.export_dir at it"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(target.with_name(f"{target.name}.lock")):
         # Whoever held the lock before us may have just exported this very entry.

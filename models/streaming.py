@@ -43,8 +43,10 @@ def _units(seconds: float, name: str, allow_zero: bool) -> int:
 class StreamWindow:
     """Window lengths in seconds, each a multiple of 0.1 s (``hop_s`` at least 0.1 s)."""
 
-    left_context_s: float = 1.5
-    hop_s: float = 0.2
+    # The server's defaults (server/settings.py), so an export made with no window given is
+    # the one `pmmtalk serve` looks for.
+    left_context_s: float = 1.0
+    hop_s: float = 0.4
     lookahead_s: float = 0.3
 
     def __post_init__(self) -> None:

@@ -19,7 +19,7 @@ def animation_document(animation: Animation) -> dict[str, object]:
     return {
         "fps": animation.fps,
         "names": list(animation.names),
-        "frames": animation.frames.round(6).tolist(),
+        "frames": animation.frames.astype(np.float64).round(6).tolist(),
         "duration_s": animation.duration_s,
         "model": animation.model,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import shutil
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 
+from export.backends.base import BackendUnavailableError
 from export.cache import (
     CACHE_DIR_ENV,
     MANIFEST_FILE,
@@ -211,3 +213,17 @@ def test_a_missing_checkpoint_is_a_checkpoint_error(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="checkpoint directory not found"):
         ensure_exported(tmp_path / "nope", cache_dir=tmp_path / "cache")
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_cache_miss_without_pytorch_says_what_to_do(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A serving install (the Docker images) has no PyTorch to export with.
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        "export.cache.importlib.util.find_spec",
+        lambda name, *args: None if name == "torch" else real_find_spec(name, *args),
+    )
+    with pytest.raises(BackendUnavailableError, match=r"needs PyTorch.*pmmtalk export onnx"):
+        ensure_exported(checkpoint, cache_dir=tmp_path, progress=False)
+    assert not any(tmp_path.rglob("*.lock"))  # refused before touching the cache
