@@ -28,6 +28,7 @@ from export.backends.base import Identity
 from models.blendshapes import SAMPLE_RATE_HZ
 from pmmtalk.animate import COEFFICIENT_RANGE
 from pmmtalk.errors import AudioError, InputError
+from pmmtalk.rigs import DEFAULT_PROFILE, RigMapper
 from pmmtalk.silence import frame_gains
 from server.auth import key_accepted, origin_allowed, presented_key
 from server.engine import EngineClosedError
@@ -104,6 +105,7 @@ class StreamConnection:
         self._sent = 0  # frames sent in the current utterance
         self._last_frame = np.zeros(NUM_BLENDSHAPES, dtype=np.float32)
         self._binary = False
+        self._rig: RigMapper = state.rigs.mapper(DEFAULT_PROFILE)  # the start message picks
         self._decoder: PcmDecoder | None = None
         self._identity: Identity | None = None
         self._style: np.ndarray | None = None
@@ -183,6 +185,8 @@ class StreamConnection:
         if not isinstance(start, Start):
             raise SessionError("out_of_order", f"the first message must be start, got {start.type}")
         try:
+            self._rig = self.state.rigs.mapper(start.profile)
+            await asyncio.to_thread(self._rig.prepare)  # frames are mapped on the event loop
             photo = decode_base64_photo(start.face) if start.face is not None else None
             self._style = style_vector(self.state, start.style)
             self._identity, _ = await identity_for(self.state, start.face_id, photo)
@@ -195,7 +199,7 @@ class StreamConnection:
             Ready(
                 session_id=self.session_id,
                 fps=spec.config.fps,
-                names=list(spec.config.blendshape_names),
+                names=list(self._rig.names),
                 model=spec.name,
                 lookahead_s=self._window.lookahead_s,
                 hop_s=self._window.hop_s,
@@ -398,10 +402,13 @@ class StreamConnection:
     # --- sending ----------------------------------------------------------------------------
 
     async def _send_frames(self, start_index: int, frames: np.ndarray) -> None:
+        """Send frames (n, 32) through the session's rig profile; ``_last_frame`` keeps the 32
+        ARKit values, so an interrupt's ease to neutral is mapped like any other frame."""
+        out = self._rig(frames)
         if self._binary:
-            await self._send_bytes(encode_binary_frames(start_index, frames))
+            await self._send_bytes(encode_binary_frames(start_index, out, len(self._rig.names)))
         else:
-            rows = np.round(frames.astype(np.float64), FRAME_DECIMALS).tolist()
+            rows = np.round(out.astype(np.float64), FRAME_DECIMALS).tolist()
             await self._send_json(Frames(start_index=start_index, frames=rows))
         self._sent = start_index + len(frames)
         if len(frames):

@@ -92,6 +92,12 @@ class Start(_Message):
     face: str | None = Field(None, description="A face photo, base64-encoded (JPEG, PNG, ...).")
     style: int | None = Field(None, ge=0, description="Training-subject style; none = average.")
     output: OutputFormat = "json"
+    profile: str = Field(
+        "arkit32",
+        max_length=64,
+        description="Rig profile of the frames: arkit32, arkit52, livelink61 or visemes15 "
+        "(docs/rigs.md); ready.names lists its channels.",
+    )
 
 
 class End(_Message):
@@ -191,21 +197,27 @@ def parse_server_message(text: str) -> Ready | Frames | Done | Interrupted | Err
 
 BINARY_FRAMES_HEADER: Final = struct.Struct("<4sIH")
 """Binary `Frames` (``output: "binary"``): the 4 ASCII bytes ``PMF1`` (format and version), the
-first frame's index (uint32) and the frame count (uint16), little-endian, then count x 32
-float32 little-endian values, frame after frame."""
+first frame's index (uint32) and the frame count (uint16), little-endian, then count x width
+float32 little-endian values, frame after frame. The width is not in the message: it is the
+number of channels in `Ready.names` (32 for the default profile, arkit32)."""
 BINARY_FRAMES_TAG: Final = b"PMF1"
 
 
-def encode_binary_frames(start_index: int, frames: np.ndarray) -> bytes:
-    """frames (n, 32) -> one binary message (see `BINARY_FRAMES_HEADER`)."""
+def encode_binary_frames(
+    start_index: int, frames: np.ndarray, width: int = NUM_BLENDSHAPES
+) -> bytes:
+    """frames (n, width) -> one binary message (see `BINARY_FRAMES_HEADER`)."""
     data = np.ascontiguousarray(frames, dtype="<f4")
-    if data.ndim != 2 or data.shape[1] != NUM_BLENDSHAPES:
-        raise ValueError(f"frames must be (n, {NUM_BLENDSHAPES}), got {data.shape}")
+    if data.ndim != 2 or data.shape[1] != width:
+        raise ValueError(f"frames must be (n, {width}), got {data.shape}")
     return BINARY_FRAMES_HEADER.pack(BINARY_FRAMES_TAG, start_index, len(data)) + data.tobytes()
 
 
-def decode_binary_frames(payload: bytes) -> tuple[int, np.ndarray]:
-    """One binary message -> (start_index, frames (n, 32) float32); ValueError if malformed."""
+def decode_binary_frames(payload: bytes, width: int = NUM_BLENDSHAPES) -> tuple[int, np.ndarray]:
+    """One binary message -> (start_index, frames (n, width) float32); ValueError if malformed.
+
+    ``width`` is ``len(ready.names)``: 32 unless the start message chose another profile.
+    """
     size = BINARY_FRAMES_HEADER.size
     if len(payload) < size:
         raise ValueError(f"a binary frames message has at least {size} bytes, got {len(payload)}")
@@ -213,11 +225,11 @@ def decode_binary_frames(payload: bytes) -> tuple[int, np.ndarray]:
     if tag != BINARY_FRAMES_TAG:
         raise ValueError(f"unknown binary frames tag {tag!r}; expected {BINARY_FRAMES_TAG!r}")
     body = payload[size:]
-    if len(body) != count * NUM_BLENDSHAPES * 4:
+    if len(body) != count * width * 4:
         raise ValueError(
-            f"{count} frames need {count * NUM_BLENDSHAPES * 4} bytes, got {len(body)}"
+            f"{count} frames of {width} values need {count * width * 4} bytes, got {len(body)}"
         )
-    return start, np.frombuffer(body, dtype="<f4").reshape(count, NUM_BLENDSHAPES).copy()
+    return start, np.frombuffer(body, dtype="<f4").reshape(count, width).copy()
 
 
 # --- REST -------------------------------------------------------------------------------------
@@ -229,6 +241,28 @@ class AnimateResponse(_ServerMessage):
     fps: int
     names: list[str]
     frames: list[list[float]]
+    duration_s: float
+    model: str
+    compute_ms: float = Field(description="Model time for this request, in milliseconds.")
+    frame_count: int
+
+
+class TalkingHeadAnim(_ServerMessage):
+    """TalkingHead's animation template: ``dt`` segment lengths in ms (the first 0, so value
+    ``i`` sits at ``i / fps`` s), ``vs`` the values of each morph target, one per frame."""
+
+    name: str
+    dt: list[float]
+    vs: dict[str, list[float]]
+
+
+class TalkingHeadResponse(_ServerMessage):
+    """``POST /animate`` with ``format=talkinghead``: pass ``anim`` to TalkingHead's
+    ``speakAudio({audio, anim})``."""
+
+    anim: TalkingHeadAnim
+    fps: int
+    names: list[str]
     duration_s: float
     model: str
     compute_ms: float = Field(description="Model time for this request, in milliseconds.")

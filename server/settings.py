@@ -39,17 +39,20 @@ class ModelSettings(_Section):
     silence_gate_dbfs: float | None = -50.0
     """Frames whose audio within 0.1 s is quieter than this (dB full scale) ease to neutral
     (pmmtalk/silence.py); None turns the gate off."""
+    rig_profiles: Path | None = None
+    """A TOML file of per-profile gain, offset and clamp for the rig profiles (docs/rigs.md);
+    None = the defaults, which leave every value as the network gives it."""
 
 
 class StreamSettings(_Section):
     """The streaming window (see models/streaming.py) and session behaviour."""
 
-    left_context_s: float = 1.0
+    left_context_s: float = StreamWindow.left_context_s
     """Seconds of audio already answered that each window re-reads, a multiple of 0.1."""
-    hop_s: float = 0.4
+    hop_s: float = StreamWindow.hop_s
     """Seconds of new audio each window answers, a multiple of 0.1; frames come in groups of
     this, and a larger hop costs less compute per second of audio."""
-    lookahead_s: float = 0.3
+    lookahead_s: float = StreamWindow.lookahead_s
     """Seconds of audio after a hop that its frames wait for, a multiple of 0.1."""
     idle_timeout_s: float = Field(30.0, gt=0)
     """A session with no message for this long, and no frames still owed to it, is closed

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from pmmtalk.rigs import RigConfig
 from server.engine import InferenceEngine
 from server.faces import FaceRegistry
 from server.metrics import ServerMetrics
@@ -25,3 +26,5 @@ class ServerState:
     sessions: dict[str, StreamConnection] = field(default_factory=dict)
     """Open streams by session id."""
     shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
+    rigs: RigConfig = field(default_factory=RigConfig.default)
+    """Gain, offset and clamp of each rig profile (``model.rig_profiles``)."""

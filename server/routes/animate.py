@@ -9,6 +9,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
+import numpy as np
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import Response
 
@@ -16,11 +17,14 @@ from pmmtalk.animate import Animation
 from pmmtalk.audio import decode_audio
 from pmmtalk.errors import InputError
 from pmmtalk.outputs import write_csv
+from pmmtalk.rigs import DEFAULT_PROFILE
+from pmmtalk.rigs.formats import livelink_csv_text, mapped_animation, profile_for_format
+from pmmtalk.rigs.talkinghead import talkinghead_anim
 from server.deps import Authorized, State
 from server.errors import ApiError
 from server.faces import UnknownFaceError
 from server.inputs import identity_for, input_error_code, style_vector
-from server.protocol import AnimateResponse, FaceResponse
+from server.protocol import AnimateResponse, FaceResponse, TalkingHeadAnim, TalkingHeadResponse
 from server.state import ServerState
 
 logger = logging.getLogger(__name__)
@@ -91,12 +95,27 @@ async def animate(
     face: Annotated[UploadFile | None, File(description="A reference face photo.")] = None,
     face_id: Annotated[str | None, Form(description="An id from POST /faces.")] = None,
     style: Annotated[int | None, Form(ge=0, description="Style index; none = average.")] = None,
-    format: Annotated[Literal["json", "csv"], Form()] = "json",
+    format: Annotated[
+        Literal["json", "csv", "livelink_csv", "talkinghead"],
+        Form(
+            description="json, csv (frame, time_s, one column per channel), livelink_csv (a "
+            "Live Link Face CSV take) or talkinghead (TalkingHead's anim object)."
+        ),
+    ] = "json",
+    profile: Annotated[
+        str,
+        Form(description="Rig profile: arkit32, arkit52, livelink61 or visemes15 (docs/rigs.md)."),
+    ] = DEFAULT_PROFILE,
 ) -> Response:
-    """Speech in, 32 ARKit blendshape weights per frame at 30 fps out: ``ceil(n * 30 / rate)``
-    frames for ``n`` samples at ``rate`` Hz, frame ``i`` at ``i / 30`` s."""
+    """Speech in, 32 ARKit blendshape weights per frame at 30 fps out (or another rig
+    profile's channels): ``ceil(n * 30 / rate)`` frames for ``n`` samples at ``rate`` Hz,
+    frame ``i`` at ``i / 30`` s."""
     limits = state.settings.limits
     async with request_slot(state, "animate"):
+        try:  # before any compute: an unknown profile costs the model nothing
+            rig = state.rigs.mapper(profile_for_format(format, profile))
+        except InputError as exc:
+            raise input_error(exc) from None
         audio_bytes = await read_upload(audio, "audio", limits.max_upload_bytes)
         photo = await read_upload(face, "face", limits.max_upload_bytes) if face else None
         try:
@@ -110,12 +129,28 @@ async def animate(
         animation, seconds = await state.engine.animate(
             decoded.samples, identity, vector, decoded.num_frames
         )
+        # The viseme profile solves a small least-squares problem per frame: off the loop.
+        animation = await asyncio.to_thread(mapped_animation, animation, rig)
     if format == "csv":
         return Response(csv_body(animation), media_type="text/csv")
+    if format == "livelink_csv":
+        return Response(livelink_csv_text(animation), media_type="text/csv")
+    if format == "talkinghead":
+        anim = talkinghead_anim(animation.names, animation.frames, animation.fps)
+        talkinghead = TalkingHeadResponse(
+            anim=TalkingHeadAnim.model_validate(anim),
+            fps=animation.fps,
+            names=list(animation.names),
+            duration_s=decoded.duration_s,
+            model=animation.model,
+            compute_ms=round(seconds * 1000, 3),
+            frame_count=len(animation.frames),
+        )
+        return Response(talkinghead.model_dump_json(), media_type="application/json")
     body = AnimateResponse(
         fps=animation.fps,
         names=list(animation.names),
-        frames=animation.frames.round(6).tolist(),
+        frames=animation.frames.astype(np.float64).round(6).tolist(),
         duration_s=decoded.duration_s,
         model=animation.model,
         compute_ms=round(seconds * 1000, 3),

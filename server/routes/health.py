@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from pmmtalk.rigs import PROFILES
 from server.deps import Authorized, State
 
 router = APIRouter()
@@ -46,6 +47,7 @@ async def info(state: State) -> dict[str, Any]:
         "fps": spec.config.fps,
         "sample_rate_hz": spec.config.sample_rate_hz,
         "names": list(spec.config.blendshape_names),
+        "profiles": {name: len(profile.names) for name, profile in PROFILES.items()},
         "styles": int(spec.style_table.shape[0]),
         "silence_gate_dbfs": engine.animator.silence_gate_dbfs,
         "window": engine.window.to_dict(),

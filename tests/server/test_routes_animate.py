@@ -203,7 +203,8 @@ def test_csv_has_a_header_and_one_row_per_frame(server: RunningServer) -> None:
     times = np.array([float(row[1]) for row in body])
     np.testing.assert_allclose(times, np.arange(len(body)) / 30, atol=1e-6)
     values = np.array([[float(v) for v in row[2:]] for row in body])
-    np.testing.assert_allclose(values, np.asarray(as_json["frames"]), atol=2e-6)
+    # Both carry 6 decimals of the same float32 values, rounded the same way (in float64).
+    np.testing.assert_allclose(values, np.asarray(as_json["frames"]), rtol=0, atol=1e-9)
 
 
 def test_an_unknown_format_is_refused(server: RunningServer) -> None:
