@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from clients.cli import client_app
 from models.checkpoint_format import CheckpointError
 from models.config import PRESETS
 from pmmtalk.errors import InputError
@@ -29,6 +30,7 @@ app = typer.Typer(
 
 export_app = typer.Typer(help="Export the network for other runtimes.", no_args_is_help=True)
 app.add_typer(export_app, name="export")
+app.add_typer(client_app, name="client")  # talks to a running server (clients/)
 
 logger = logging.getLogger("pmmtalk")
 
@@ -150,6 +152,10 @@ def serve(
         typer.Option(help="Allow browser WebSockets from this origin (repeatable)."),
     ] = None,
     log_format: Annotated[str | None, typer.Option(help="text or json (default text).")] = None,
+    rig_profiles: Annotated[
+        Path | None,
+        typer.Option(help="TOML file of per-profile gain, offset and clamp (docs/rigs.md)."),
+    ] = None,
 ) -> None:
     """Start the REST + WebSocket server (default http://127.0.0.1:8000, docs at /docs).
 
@@ -170,6 +176,7 @@ def serve(
             "checkpoint": checkpoint,
             "export_dir": export_dir,
             "device": device,
+            "rig_profiles": rig_profiles,
         },
         "stream": {"hop_s": hop_s, "left_context_s": left_context_s, "lookahead_s": lookahead_s},
         "batch": {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms},
@@ -188,8 +195,10 @@ def serve(
     except (ValidationError, ValueError) as exc:
         raise _fail(f"bad server settings: {exc}") from None
     from export.backends.base import BackendUnavailableError
+    from pmmtalk.rigs import RigConfig
 
     try:
+        RigConfig.load(settings.model.rig_profiles)  # a bad file fails before the model loads
         run_server(settings)
     except (CheckpointError, InputError, BackendUnavailableError, ValueError, OSError) as exc:
         raise _fail(str(exc)) from None
@@ -199,7 +208,10 @@ def serve(
 def animate(
     audio: Annotated[Path, typer.Argument(help="Speech file: WAV, FLAC, OGG, any rate/channels.")],
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Result file: .json, .csv or .npy.")
+        Path,
+        typer.Option(
+            "--output", "-o", help="Result file: .json, .csv, .npy or .llf.csv (Live Link Face)."
+        ),
     ],
     face: Annotated[
         Path | None,
@@ -213,23 +225,45 @@ def animate(
     untrained: UntrainedOption = None,
     device: DeviceOption = "auto",
     backend: BackendOption = "auto",
+    profile: Annotated[
+        str,
+        typer.Option(help="Rig profile: arkit32, arkit52, livelink61 or visemes15 (docs/rigs.md)."),
+    ] = "arkit32",
+    output_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="auto (by the output's suffix), json, csv, npy, livelink_csv or talkinghead "
+            "(TalkingHead's anim object, as JSON).",
+        ),
+    ] = "auto",
+    rig_profiles: Annotated[
+        Path | None,
+        typer.Option(help="TOML file of per-profile gain, offset and clamp (docs/rigs.md)."),
+    ] = None,
 ) -> None:
-    """Animate a speech file offline and write the 32 coefficients per frame."""
+    """Animate a speech file offline and write the coefficients per frame (32 ARKit weights,
+    or another rig profile's channels)."""
     from export.backends.base import BackendUnavailableError
     from pmmtalk.audio import decode_audio
     from pmmtalk.face import load_image
-    from pmmtalk.outputs import write_animation
+    from pmmtalk.rigs import RigConfig
+    from pmmtalk.rigs.formats import format_for_path, profile_for_format, write_rig_animation
 
     if untrained is not None and checkpoint is not None:
         raise _fail("give either --checkpoint or --untrained, not both")
     try:
+        # Every output choice is checked before the network runs.
+        rigs = RigConfig.load(rig_profiles)
+        chosen_format = format_for_path(output, output_format)
+        rigs.mapper(profile_for_format(chosen_format, profile))
         decoded = decode_audio(audio)
         photo = load_image(face) if face is not None else None
         animator = _animator(checkpoint, untrained, device, backend)
         started = time.perf_counter()
         result = animator.animate(decoded.samples, photo, style, decoded.num_frames)
         elapsed_s = time.perf_counter() - started
-        written = write_animation(result, output)
+        written = write_rig_animation(result, output, profile, chosen_format, rigs)
     except (
         InputError,
         CheckpointError,
@@ -864,3 +898,96 @@ def export_triton_command(
         raise _fail(str(exc)) from exc
     for line in repository_tree(root):
         typer.echo(line)
+
+
+@app.command()
+def bench(
+    quick: Annotated[
+        bool, typer.Option(help="A smoke run of a minute or two: too short to judge by.")
+    ] = False,
+    ns: Annotated[
+        str | None,
+        typer.Option(help="Client counts to step through, e.g. 1,2,4,8 (default 1,2,4,8,12,...)."),
+    ] = None,
+    max_n: Annotated[
+        int | None, typer.Option(help="Largest client count of the default steps (32).")
+    ] = None,
+    step_duration_s: Annotated[
+        float | None, typer.Option(help="Audio per client in each capacity step (20 s).")
+    ] = None,
+    soak: Annotated[
+        bool, typer.Option(help="Also soak at 75% of the measured capacity (10 minutes).")
+    ] = False,
+    soak_duration_s: Annotated[
+        float | None, typer.Option(help="Length of the timed soak (600 s).")
+    ] = None,
+    soak_clients: Annotated[
+        int | None, typer.Option(help="Clients of the timed soak (default 75% of capacity).")
+    ] = None,
+    sessions: Annotated[
+        int | None, typer.Option(help="Sessions of the sequential soak (1000).")
+    ] = None,
+    parts: Annotated[
+        str,
+        typer.Option(help="Comma-separated: offline, capacity, sequential, soak."),
+    ] = "offline,capacity,sequential",
+    backend: Annotated[
+        str, typer.Option(help="The server's runtime backend.", callback=_check_backend)
+    ] = "auto",
+    presets: Annotated[
+        str | None,
+        typer.Option(help="Offline presets (default lite, and paper where a GPU is present)."),
+    ] = None,
+    clips: Annotated[
+        str | None, typer.Option(help="Offline clip lengths in seconds (default 1,10,60).")
+    ] = None,
+    backends: Annotated[
+        str, typer.Option(help="Offline backends to time, where present.")
+    ] = "torch,onnx,tensorrt",
+    note: Annotated[str, typer.Option(help="A line for the report (e.g. the load).")] = "",
+    out: Annotated[
+        Path | None, typer.Option(help="Report folder (default docs/benchmarks).")
+    ] = None,
+) -> None:
+    """Benchmark this machine: offline speed, streaming capacity, soak runs.
+
+    Starts its own server on a loopback port and writes bench.md, bench.json
+    and PNG plots into docs/benchmarks (see docs/benchmarks/README.md).
+    About 15 minutes on 2 cores; --soak adds 10 more.
+    """
+    from benchmarks.bench import DOCS_DIR, BenchOptions, parse_floats, parse_ints, parse_names
+    from benchmarks.bench import run as run_bench
+    from benchmarks.progress import RichReporter
+
+    chosen = parse_names(parts) + (("soak",) if soak and "soak" not in parts else ())
+    offline_presets = None if presets is None else parse_names(presets)
+    unknown = [name for name in offline_presets or () if name not in PRESETS]
+    if unknown:
+        raise _fail(f"unknown preset(s) {unknown}; choose from {sorted(PRESETS)}")
+    try:
+        options = BenchOptions(
+            quick=quick,
+            parts=chosen,
+            ns=None if ns is None else parse_ints(ns, "--ns"),
+            max_n=max_n,
+            step_duration_s=step_duration_s,
+            sessions=sessions,
+            soak_duration_s=soak_duration_s,
+            soak_clients=soak_clients,
+            backend=backend,
+            offline_backends=parse_names(backends),
+            presets=offline_presets,
+            clips_s=None if clips is None else parse_floats(clips, "--clips"),
+            note=note,
+            out_dir=DOCS_DIR if out is None else out,
+        )
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        with RichReporter() as reporter:
+            result = run_bench(options, reporter)
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"wrote {options.out_dir / 'bench.md'} and bench.json beside it")
+    if result.capacity is not None:
+        typer.echo(f"real-time clients: {result.capacity.describe()}")
