@@ -16,11 +16,12 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from pmmtalk.animate import Animator
+from pmmtalk.rigs import RigConfig
 from server.engine import InferenceEngine
 from server.errors import install_error_handlers
 from server.faces import FaceRegistry
 from server.metrics import ServerMetrics
-from server.routes import animate, health, stream
+from server.routes import animate, health, page, stream
 from server.settings import ServerSettings
 from server.state import ServerState
 
@@ -73,8 +74,10 @@ def create_app(
 ) -> FastAPI:
     """A FastAPI app serving ``settings``; the model loads when the app starts (lifespan).
 
-    ``animator_factory`` builds the model from the settings (tests pass small models).
+    ``animator_factory`` builds the model from the settings (tests pass small models). A bad
+    ``model.rig_profiles`` file raises `pmmtalk.rigs.RigConfigError` here, before any model loads.
     """
+    rigs = RigConfig.load(settings.model.rig_profiles)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -88,6 +91,7 @@ def create_app(
             faces=FaceRegistry(settings.model.face_cache_size),
             metrics=metrics,
             request_slots=asyncio.Semaphore(settings.limits.max_concurrent_requests),
+            rigs=rigs,
         )
         app.state.server = state
         try:
@@ -118,6 +122,7 @@ def create_app(
     app.include_router(animate.router)
     app.include_router(health.router)
     app.include_router(stream.router)
+    app.include_router(page.build_router())
     return app
 
 
