@@ -16,18 +16,20 @@ import argparse
 import functools
 import json
 import logging
-import os
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from benchmarks.machine import machine
+
+if TYPE_CHECKING:
+    from models.streaming import StreamWindow
 
 logger = logging.getLogger(__name__)
 
@@ -74,53 +76,6 @@ def repeats_for(seconds: float) -> int:
     return 7 if seconds <= 1 else 5 if seconds <= 10 else 3
 
 
-def machine() -> dict[str, Any]:
-    """What the figures were measured on."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, Any] = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "commit": _git_commit(),
-        "date": time.strftime("%Y-%m-%d"),
-    }
-    import onnxruntime
-    import torch
-
-    info["torch"] = torch.__version__
-    info["onnxruntime"] = onnxruntime.__version__
-    info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return info
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).resolve().parent,
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def checkpoint_for(preset: str, scratch: Path) -> Path:
     """The bundled default model for lite; a random-weight checkpoint of the preset otherwise."""
     from pmmtalk.animate import DEFAULT_CHECKPOINT_DIR
@@ -147,11 +102,14 @@ def bench_backend(
     clip_seconds: Sequence[float],
     stream_batches: Sequence[int],
     cache_dir: Path | None,
+    window: StreamWindow | None = None,
 ) -> list[Timing]:
-    """Time one backend on one preset; raises BackendUnavailableError where it cannot run."""
+    """Time one backend on one preset; raises BackendUnavailableError where it cannot run.
+    ``window``: the stream window of the export to run (default `StreamWindow()`); clips take
+    the same time under any window, so passing the server's reuses the server's export."""
     from export.backends.select import open_backend
 
-    backend = open_backend(backend_name, checkpoint, cache_dir=cache_dir)
+    backend = open_backend(backend_name, checkpoint, cache_dir=cache_dir, window=window)
     timings: list[Timing] = []
     try:
         spec = backend.spec
