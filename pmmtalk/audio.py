@@ -136,6 +136,9 @@ def decode_audio(source: AudioSource, *, max_seconds: float | None = None) -> De
     duration_s = frames.shape[0] / source_rate_hz
 
     mono = frames[:, 0] if channels == 1 else frames.mean(axis=1, dtype=np.float32)
+    # Float files may hold samples beyond full scale; clip them there, as playback would, so that
+    # huge finite values cannot overflow the resampler or the model.
+    mono = np.clip(mono, -1.0, 1.0)
     if source_rate_hz == TARGET_SAMPLE_RATE_HZ:
         samples = np.ascontiguousarray(mono, dtype=np.float32)
     else:

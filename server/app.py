@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Final
 
 from fastapi import FastAPI
 
@@ -24,6 +25,9 @@ from server.metrics import ServerMetrics
 from server.routes import animate, health, page, stream
 from server.settings import ServerSettings
 from server.state import ServerState
+
+if TYPE_CHECKING:
+    from server.connection import StreamConnection
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +66,31 @@ def open_animator(settings: ServerSettings) -> Animator:
     )
 
 
+DRAIN_TIMEOUT_S: Final = 2.0
+"""How long shutdown waits for each stream's goodbye; a client whose socket is full (a stalled
+reader) would otherwise hold it up until the transport gives up on it."""
+
+
 async def drain(state: ServerState) -> None:
-    """Refuse new work and close every stream with a shutting_down message."""
+    """Refuse new work and close every stream with a shutting_down message.
+
+    Streams that cannot take the message within `DRAIN_TIMEOUT_S` are left to uvicorn, which
+    closes their sockets next."""
     state.shutting_down.set()
     connections = list(state.sessions.values())
-    await asyncio.gather(*(c.shutdown() for c in connections), return_exceptions=True)
+
+    async def bounded(connection: StreamConnection) -> None:
+        try:
+            async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                await connection.shutdown()
+        except TimeoutError:
+            logger.warning(
+                "stream %s did not take the shutdown message within %g s; closing it",
+                connection.session_id,
+                DRAIN_TIMEOUT_S,
+            )
+
+    await asyncio.gather(*(bounded(c) for c in connections), return_exceptions=True)
 
 
 def create_app(

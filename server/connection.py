@@ -169,7 +169,10 @@ class StreamConnection:
     async def _open(self) -> None:
         """Wait for the start message and answer `Ready`."""
         try:
-            message = await asyncio.wait_for(self.ws.receive(), self._stream.start_timeout_s)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+            # that lands as the receive completes, and a cancelled session must end.
+            async with asyncio.timeout(self._stream.start_timeout_s):
+                message = await self.ws.receive()
         except TimeoutError:
             raise SessionError(
                 "timeout", f"no start message within {self._stream.start_timeout_s:g} s"
@@ -231,7 +234,8 @@ class StreamConnection:
         while True:
             await self._room.wait()
             try:
-                message = await asyncio.wait_for(self.ws.receive(), idle_s)
+                async with asyncio.timeout(idle_s):  # not wait_for: see _open
+                    message = await self.ws.receive()
             except TimeoutError:
                 if self._working or self._events:
                     continue  # the client waits for frames it is owed: it is not idle
@@ -304,11 +308,11 @@ class StreamConnection:
             self._working = True
             self._queued_samples -= event.samples.size
             try:
+                if event.kind == "interrupt":
+                    await self._interrupt()  # every interrupt is answered, even a stale one
+                    continue
                 if event.generation != self._generation:
                     continue  # audio or end sent before an interrupt
-                if event.kind == "interrupt":
-                    await self._interrupt()
-                    continue
                 self._push(event)
                 # Audio queued behind this event joins it, so a client ahead of real time gets
                 # several windows per backend call rather than one.

@@ -70,7 +70,15 @@ async def identity_for(
 
 def decode_base64_photo(text: str) -> bytes:
     """A start message's inline ``face`` -> bytes; FaceError if it is not base64."""
-    payload = text.split(",", 1)[1] if text.startswith("data:") else text  # data: URLs too
+    if text.startswith("data:"):  # data: URLs too
+        _, comma, payload = text.partition(",")
+        if not comma:
+            raise FaceError(
+                "face is a data: URL without its base64 part (data:image/...;base64,<data>); "
+                "send the photo file's bytes base64-encoded"
+            )
+    else:
+        payload = text
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):

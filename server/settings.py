@@ -61,7 +61,8 @@ class StreamSettings(_Section):
     """Seconds a new connection has to send its start message."""
     max_buffered_s: float = Field(4.0, gt=0)
     """Seconds of received audio a session may hold unanswered before the server stops reading
-    from its socket (backpressure on a client that sends faster than real time)."""
+    from its socket (backpressure on a client that sends faster than real time); at least
+    hop_s + lookahead_s."""
     max_inflight_windows: int = Field(4, ge=1)
     """Windows one session may have queued for compute at once."""
     interrupt_ease_s: float = Field(0.2, ge=0)
@@ -72,7 +73,14 @@ class StreamSettings(_Section):
 
     @model_validator(mode="after")
     def _window_valid(self) -> StreamSettings:
-        self.window()  # raises ValueError naming the off-grid length
+        window = self.window()  # raises ValueError naming the off-grid length
+        needed_s = window.hop_s + window.lookahead_s
+        if self.max_buffered_s < needed_s - 1e-9:
+            # The reader would stop reading before the next window's audio is in: a stall.
+            raise ValueError(
+                f"max_buffered_s ({self.max_buffered_s} s) must be at least hop_s + lookahead_s "
+                f"({needed_s:g} s), the audio one window needs before it can be answered"
+            )
         return self
 
 

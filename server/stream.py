@@ -46,7 +46,8 @@ class PcmDecoder:
     def decode(self, chunk: bytes) -> np.ndarray:
         """One binary message -> (n,) float32 at 16 kHz (n may be 0 for a tiny chunk).
 
-        Raises AudioError for non-finite float samples.
+        Raises AudioError for non-finite float samples; float samples outside [-1, 1] are
+        clipped to it.
         """
         data = self._carry + chunk
         usable = len(data) - len(data) % self._frame_bytes
@@ -60,7 +61,9 @@ class PcmDecoder:
                 raise AudioError(
                     "the audio holds NaN or infinite samples; send finite pcm_f32le in [-1, 1]"
                 )
-            mono = samples.astype(np.float32)
+            # Full scale is [-1, 1]; louder samples are clipped there, as a sound card would,
+            # so that huge finite values cannot overflow the resampler or the model.
+            mono = np.clip(samples, -1.0, 1.0).astype(np.float32)
         if self.channels > 1:
             mono = mono.reshape(-1, self.channels).mean(axis=1)
         return self._resample(mono, last=False)

@@ -7,7 +7,7 @@ import contextlib
 import io
 import logging
 from collections.abc import AsyncIterator
-from typing import Annotated, Literal
+from typing import Annotated, Any, Final, Literal
 
 import numpy as np
 from fastapi import APIRouter, File, Form, UploadFile
@@ -24,7 +24,13 @@ from server.deps import Authorized, State
 from server.errors import ApiError
 from server.faces import UnknownFaceError
 from server.inputs import identity_for, input_error_code, style_vector
-from server.protocol import AnimateResponse, FaceResponse, TalkingHeadAnim, TalkingHeadResponse
+from server.protocol import (
+    AnimateResponse,
+    ErrorBody,
+    FaceResponse,
+    TalkingHeadAnim,
+    TalkingHeadResponse,
+)
 from server.state import ServerState
 
 logger = logging.getLogger(__name__)
@@ -83,11 +89,22 @@ def csv_body(animation: Animation) -> str:
     return out.getvalue()
 
 
+ERROR_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
+    status: {"model": ErrorBody} for status in (400, 401, 404, 413, 422, 503)
+}
+"""Every 4xx/5xx answer of these routes carries the protocol's `ErrorBody`."""
+
+
 @router.post(
     "/animate",
-    response_model=AnimateResponse,
+    # JSON is an AnimateResponse, or a TalkingHeadResponse for format=talkinghead; the two
+    # CSV formats answer text/csv.
+    response_model=AnimateResponse | TalkingHeadResponse,
     summary="Animate a whole clip",
-    responses={400: {}, 401: {}, 404: {}, 413: {}, 422: {}, 503: {}},
+    responses={
+        200: {"content": {"text/csv": {"schema": {"type": "string"}}}},
+        **ERROR_RESPONSES,
+    },
 )
 async def animate(
     state: State,
@@ -163,7 +180,7 @@ async def animate(
     "/faces",
     response_model=FaceResponse,
     summary="Register a reference face photo",
-    responses={400: {}, 401: {}, 413: {}, 422: {}, 503: {}},
+    responses={status: ERROR_RESPONSES[status] for status in (400, 401, 413, 422, 503)},
 )
 async def faces(
     state: State,

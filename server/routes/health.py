@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pmmtalk.rigs import PROFILES
@@ -28,7 +28,12 @@ async def readyz(state: State) -> JSONResponse:
     return JSONResponse({"status": "ready", "model": state.engine.animator.name})
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=PlainTextResponse,  # Prometheus' text format, not JSON
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
 async def metrics(state: State) -> Response:
     state.metrics.active_sessions.set(len(state.sessions))
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
