@@ -136,6 +136,44 @@ class SessionTally:
         if keep_lag:
             self.lags.append(frame_latencies(trace)[0].astype(np.float32))
 
+    def result(
+        self,
+        kind: Literal["sequential", "timed"],
+        *,
+        clients: int,
+        wall_s: float,
+        open_end: int | None,
+        completed: int | None,
+        rss_samples: list[tuple[float, int]],
+        rss_every: float,
+        warmup: float,
+        usage: ResourceUsage | None,
+    ) -> SoakResult:
+        """The run's `SoakResult`: these totals plus what the run measured around them."""
+        lag = np.concatenate(self.lags) if self.lags else np.zeros(0)
+        return SoakResult(
+            kind=kind,
+            clients=clients,
+            sessions=self.sessions,
+            wall_s=wall_s,
+            audio_s=self.audio_s,
+            frames=self.frames,
+            frames_expected=self.frames_expected,
+            frames_lost=self.frames_lost,
+            broken_sessions=self.broken,
+            failures=self.failures,
+            sessions_open_end=open_end,
+            streams_completed=completed,
+            rss_samples=rss_samples,
+            rss_every=rss_every,
+            warmup=warmup,
+            growth=memory_growth(rss_samples, warmup),
+            session_wall=Quantiles.of(self.session_walls),
+            client_lag=Quantiles.of(lag),  # no lags kept (sequential): all None
+            late_frames=int(np.count_nonzero(lag > LATE_FRAME_LAG_S)),
+            usage=usage,
+        )
+
 
 @dataclass(frozen=True)
 class SoakResult:
@@ -261,26 +299,15 @@ async def sequential_soak(
                     reporter.advance(done, f"lost {tally.frames_lost}")
         wall = time.perf_counter() - started
         open_end, after = await settled_sessions(http, target)
-    return SoakResult(
-        kind="sequential",
+    return tally.result(
+        "sequential",
         clients=1,
-        sessions=tally.sessions,
         wall_s=wall,
-        audio_s=tally.audio_s,
-        frames=tally.frames,
-        frames_expected=tally.frames_expected,
-        frames_lost=tally.frames_lost,
-        broken_sessions=tally.broken,
-        failures=tally.failures,
-        sessions_open_end=open_end,
-        streams_completed=_completed(before, after),
+        open_end=open_end,
+        completed=_completed(before, after),
         rss_samples=samples,
         rss_every=float(rss_every),
         warmup=float(warmup_sessions),
-        growth=memory_growth(samples, warmup_sessions),
-        session_wall=Quantiles.of(tally.session_walls),
-        client_lag=Quantiles(None, None, None),
-        late_frames=0,
         usage=meter.usage,
     )
 
@@ -345,27 +372,14 @@ async def timed_soak(
         if (rss := rss_bytes(target.pid)) is not None:
             samples.append((wall, rss))
         open_end, after = await settled_sessions(http, target)
-    lag = np.concatenate(tally.lags) if tally.lags else np.zeros(0)
-    warmup_s = WARMUP_FRACTION * duration_s
-    return SoakResult(
-        kind="timed",
+    return tally.result(
+        "timed",
         clients=clients,
-        sessions=tally.sessions,
         wall_s=wall,
-        audio_s=tally.audio_s,
-        frames=tally.frames,
-        frames_expected=tally.frames_expected,
-        frames_lost=tally.frames_lost,
-        broken_sessions=tally.broken,
-        failures=tally.failures,
-        sessions_open_end=open_end,
-        streams_completed=_completed(before, after),
+        open_end=open_end,
+        completed=_completed(before, after),
         rss_samples=samples,
         rss_every=rss_every_s,
-        warmup=warmup_s,
-        growth=memory_growth(samples, warmup_s),
-        session_wall=Quantiles.of(tally.session_walls),
-        client_lag=Quantiles.of(lag),
-        late_frames=int(np.count_nonzero(lag > LATE_FRAME_LAG_S)),
+        warmup=WARMUP_FRACTION * duration_s,
         usage=meter.usage,
     )
