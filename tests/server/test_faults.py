@@ -115,11 +115,21 @@ class RealTimeProbe:
     minus the time the chunk holding that audio was sent.
     """
 
-    def __init__(self, running: RunningServer, speech: np.ndarray, audio_s: float) -> None:
+    def __init__(
+        self,
+        running: RunningServer,
+        speech: np.ndarray,
+        audio_s: float,
+        hold_end: asyncio.Event | None = None,
+    ) -> None:
         self.url = running.ws
         self.window = running.settings.stream.window()
         self.audio = speech[: round(audio_s * SAMPLE_RATE_HZ)]
         self.ready = asyncio.Event()  # set once the session is open (a slot is taken)
+        self.audio_sent = asyncio.Event()  # set once every chunk is out (the slot is still held)
+        self.hold_end = hold_end
+        """If given, ``end`` waits for it: the session keeps its slot until the caller lets go.
+        The last frames' lags count from when ``end`` went out, so waiting does not skew them."""
 
     async def run(self, **connect_args: Any) -> ProbeResult:
         result = ProbeResult(expected_frames=math.ceil(self.audio.size * FPS / SAMPLE_RATE_HZ))
@@ -141,6 +151,9 @@ class RealTimeProbe:
                     await asyncio.sleep(max(0.0, began + (i + 1) * CHUNK_S - loop.time()))
                     await ws.send(chunk.astype("<i2").tobytes())
                     sent_at.append(loop.time())
+                self.audio_sent.set()
+                if self.hold_end is not None:
+                    await self.hold_end.wait()
                 await ws.send(END)
                 ended_at.append(loop.time())
 

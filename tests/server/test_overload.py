@@ -83,8 +83,13 @@ async def knock_until(stop: asyncio.Event, url: str, start: str, knocks: Knocks)
 async def streams_under_knocking(
     running: RunningServer, speech: np.ndarray, audio_s: float, admitted: int, knockers: int
 ) -> tuple[list[ProbeResult], Knocks]:
-    """``admitted`` real-time streams, with ``knockers`` knocking while all of them are open."""
-    probes = [RealTimeProbe(running, speech, audio_s) for _ in range(admitted)]
+    """``admitted`` real-time streams, with ``knockers`` knocking while all of them are open.
+
+    The knocking stops before any admitted stream sends ``end``: a stream that finished early
+    would free its slot, and a knock admitted then would be right, not a failure.
+    """
+    release = asyncio.Event()
+    probes = [RealTimeProbe(running, speech, audio_s, hold_end=release) for _ in range(admitted)]
     streaming = [asyncio.create_task(probe.run()) for probe in probes]
     await asyncio.gather(*(probe.ready.wait() for probe in probes))
     stop = asyncio.Event()
@@ -93,9 +98,14 @@ async def streams_under_knocking(
     knocking = [
         asyncio.create_task(knock_until(stop, running.ws, start, knocks)) for _ in range(knockers)
     ]
-    results = await asyncio.gather(*streaming)
+    all_sent = asyncio.gather(*(probe.audio_sent.wait() for probe in probes))
+    # A probe that fails ends its task before its audio is out; stop waiting then too.
+    await asyncio.wait([all_sent, *streaming], return_when=asyncio.FIRST_COMPLETED)
     stop.set()
     await asyncio.gather(*knocking)
+    release.set()
+    results = await asyncio.gather(*streaming)
+    all_sent.cancel()
     return results, knocks
 
 
