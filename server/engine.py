@@ -1,9 +1,13 @@
-"""One model for every request and session: a single compute thread and a window batcher.
+"""One model for every request and session: compute threads and a window batcher.
 
-The backend is called from one worker thread only (backends are not re-entrant, and ONNX Runtime
-already spreads one call over the cores), so the event loop never computes. Stream windows from
-all sessions go through `WindowBatcher`, which gathers up to ``max_batch_size`` of them, waiting
-at most ``max_wait_ms`` after the first, and runs them as one `Backend.stream_windows` call.
+The backend is called from a pool of ``Backend.concurrent_calls`` worker threads (one for the
+torch and TensorRT backends; one per physical core for ONNX Runtime on a CPU, where separate
+single-threaded window calls fill the cores better than one call spread over them), so the
+event loop never computes. Stream windows from all sessions go through the batcher
+(`InferenceEngine._batch_loop`): whenever a worker is free, it gathers up to ``max_batch_size``
+queued windows, waiting at most ``max_wait_ms`` after the first, and runs them as one
+`Backend.stream_windows` call on that worker. While every worker is busy, windows queue up and
+the next call takes several at once.
 """
 
 from __future__ import annotations
@@ -56,8 +60,13 @@ class InferenceEngine:
         self.window = animator.backend.spec.window
         self._batch = batch
         self._metrics = metrics
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pmmtalk-model")
+        self.workers = max(1, animator.backend.concurrent_calls)
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.workers, thread_name_prefix="pmmtalk-model"
+        )
         self._queue: asyncio.Queue[WindowJob] = asyncio.Queue()
+        self._free_workers = asyncio.Semaphore(self.workers)
+        self._batches: set[asyncio.Task[None]] = set()  # window batches being computed
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.ready = False
@@ -89,6 +98,9 @@ class InferenceEngine:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for batch in list(self._batches):
+            batch.cancel()  # fails its windows; the worker thread finishes its call
+        await asyncio.gather(*self._batches, return_exceptions=True)
         while not self._queue.empty():
             job = self._queue.get_nowait()
             if not job.future.done():
@@ -144,42 +156,65 @@ class InferenceEngine:
         return future
 
     async def _batch_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        max_wait_s = self._batch.max_wait_ms / 1000
         while True:
-            jobs = [await self._queue.get()]
-            deadline = loop.time() + max_wait_s
-            while len(jobs) < self._batch.max_batch_size:
-                if not self._queue.empty():
-                    jobs.append(self._queue.get_nowait())
-                    continue
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    jobs.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except TimeoutError:
-                    break
-            self._metrics.queue_depth.set(self._queue.qsize())
-            jobs = [job for job in jobs if not job.future.done()]  # cancelled by their session
-            if not jobs:
-                continue
+            await self._free_workers.acquire()  # windows queue up while every worker is busy
             try:
-                frames, seconds = await loop.run_in_executor(self._executor, self._compute, jobs)
-            except Exception as exc:  # a backend failure fails its windows, not the server
-                logger.exception("stream window batch of %d failed", len(jobs))
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
+                jobs = await self._next_batch()
+            except BaseException:
+                self._free_workers.release()
+                raise
+            if not jobs:
+                self._free_workers.release()
                 continue
-            self._metrics.compute_seconds.labels("stream").observe(seconds)
-            self._metrics.batch_size.observe(len(jobs))
-            audio_s = len(jobs) * self.window.hop_s
-            self._metrics.real_time_factor.labels("stream").set(seconds / audio_s)
-            self._metrics.audio_seconds.labels("stream").inc(audio_s)
-            for job, result in zip(jobs, frames, strict=True):
+            batch = asyncio.create_task(self._run_batch(jobs), name="pmmtalk-window-batch")
+            self._batches.add(batch)
+            batch.add_done_callback(self._batches.discard)
+
+    async def _next_batch(self) -> list[WindowJob]:
+        """The next window and those that join it within ``max_wait_ms``, still wanted."""
+        loop = asyncio.get_running_loop()
+        jobs = [await self._queue.get()]
+        deadline = loop.time() + self._batch.max_wait_ms / 1000
+        while len(jobs) < self._batch.max_batch_size:
+            if not self._queue.empty():
+                jobs.append(self._queue.get_nowait())
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                jobs.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        self._metrics.queue_depth.set(self._queue.qsize())
+        return [job for job in jobs if not job.future.done()]  # cancelled by their session
+
+    async def _run_batch(self, jobs: list[WindowJob]) -> None:
+        """One backend call on a free worker; its results (or its failure) go to the windows."""
+        loop = asyncio.get_running_loop()
+        try:
+            frames, seconds = await loop.run_in_executor(self._executor, self._compute, jobs)
+        except asyncio.CancelledError:  # the engine is closing
+            for job in jobs:
                 if not job.future.done():
-                    job.future.set_result(result)
+                    job.future.set_exception(EngineClosedError("the server is shutting down"))
+            raise
+        except Exception as exc:  # a backend failure fails its windows, not the server
+            logger.exception("stream window batch of %d failed", len(jobs))
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            return
+        finally:
+            self._free_workers.release()
+        self._metrics.compute_seconds.labels("stream").observe(seconds)
+        self._metrics.batch_size.observe(len(jobs))
+        audio_s = len(jobs) * self.window.hop_s
+        self._metrics.real_time_factor.labels("stream").set(seconds / audio_s)
+        self._metrics.audio_seconds.labels("stream").inc(audio_s)
+        for job, result in zip(jobs, frames, strict=True):
+            if not job.future.done():
+                job.future.set_result(result)
 
     def _compute(self, jobs: list[WindowJob]) -> tuple[np.ndarray, float]:
         started = time.perf_counter()

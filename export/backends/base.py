@@ -51,9 +51,17 @@ class ModelSpec:
 
 
 class Backend(Protocol):
-    """A loaded model on one runtime. Thread-safe for calls from one worker thread at a time."""
+    """A loaded model on one runtime.
+
+    Up to ``concurrent_calls`` threads may call its methods at once; with 1, calls must come
+    from one thread at a time.
+    """
 
     name: BackendName
+    concurrent_calls: int
+    """How many calls may run at once from different threads (at least 1). On a CPU, separate
+    single-threaded calls can fill the cores better than one call spread over them: the
+    stream-window graph's ops are too small for several threads to share one."""
     device: str
     """Where it runs, in words: "cpu", "cuda:0 (NVIDIA H100 80GB HBM3)", or ONNX Runtime's
     execution providers in order."""

@@ -6,8 +6,12 @@ imports it in a fresh interpreter and checks ``torch`` stays out of ``sys.module
 CPU session defaults (`OrtSettings`), chosen from timings of the bundled lite model on this
 project's 2-core machine (docs/export.md, "Runtime backends", has the table):
 
-- ``intra_op_threads`` = physical cores: threads inside an op are what scales on these graphs
-  (one long chain of convolutions and matmuls); 4 threads on 2 cores was slower than 2.
+- ``intra_op_threads`` = physical cores for the whole-clip and face graphs: threads inside an op
+  are what scales on those (one long chain of convolutions and matmuls over a whole clip); 4
+  threads on 2 cores was slower than 2.
+- ``concurrent_calls`` = physical cores, each stream-window call on one thread: a window's ops
+  are too small to share between threads (one call on 2 threads ran 26 windows/s, on 1 thread
+  25.7), while two single-threaded calls at once ran 55 windows/s.
 - ``inter_op_threads`` = 1, sequential execution: the graphs have almost no parallel branches,
   and ``parallel`` with 2 inter-op threads was slower.
 - ``spin_wait`` off: a spinning pool holds the cores other threads need (see the field).
@@ -106,7 +110,12 @@ class OrtSettings:
     """ONNX Runtime session settings (the server's ``backend.onnx`` section mirrors these)."""
 
     intra_op_threads: int | None = None
-    """Threads one op may use; None = `physical_cores()`."""
+    """Threads one op may use; None = `physical_cores()`. The stream-window graph gets this
+    divided by ``concurrent_calls`` (at least 1), since that many of its calls run at once."""
+    concurrent_calls: int | None = None
+    """Calls the backend takes at once from different threads (`Backend.concurrent_calls`);
+    None = `physical_cores()` with the CPU provider alone, else 1 (a GPU provider serialises
+    the work anyway)."""
     inter_op_threads: int = 1
     """Threads running independent ops at once (only used with ``parallel`` execution)."""
     graph_optimization: GraphOptimization = "all"
@@ -127,6 +136,8 @@ class OrtSettings:
             raise ValueError(f"intra_op_threads must be >= 1 or None, got {self.intra_op_threads}")
         if self.inter_op_threads < 1:
             raise ValueError(f"inter_op_threads must be >= 1, got {self.inter_op_threads}")
+        if self.concurrent_calls is not None and self.concurrent_calls < 1:
+            raise ValueError(f"concurrent_calls must be >= 1 or None, got {self.concurrent_calls}")
         if self.graph_optimization not in _OPTIMIZATION_LEVELS:
             raise ValueError(
                 f"graph_optimization must be one of {sorted(_OPTIMIZATION_LEVELS)}, "
@@ -179,6 +190,7 @@ class OnnxBackend:
     ``stream_window.onnx`` in one export directory."""
 
     name: BackendName = "onnx"
+    concurrent_calls: int
 
     def __init__(
         self,
@@ -202,10 +214,15 @@ class OnnxBackend:
         self.settings = settings or OrtSettings()
         self._device_id = device_id
         chosen = _check_providers(providers if providers is not None else default_providers())
+        self.concurrent_calls = self.settings.concurrent_calls or (
+            physical_cores() if chosen == [CPU_PROVIDER] else 1
+        )
+        threads = self.settings.intra_op_threads or physical_cores()
         paths = export_paths(self.directory)
-        self._face = self._session(paths[FACE_ENCODER_FILE], chosen)
-        self._speech = self._session(paths[SPEECH_TO_FRAMES_FILE], chosen)
-        self._window = self._session(paths[STREAM_WINDOW_FILE], chosen)
+        self._face = self._session(paths[FACE_ENCODER_FILE], chosen, threads)
+        self._speech = self._session(paths[SPEECH_TO_FRAMES_FILE], chosen, threads)
+        window_threads = max(1, threads // self.concurrent_calls)
+        self._window = self._session(paths[STREAM_WINDOW_FILE], chosen, window_threads)
         self.spec: ModelSpec = model_spec(
             self._speech.get_modelmeta().custom_metadata_map,
             self._window.get_modelmeta().custom_metadata_map,
@@ -215,11 +232,17 @@ class OnnxBackend:
         self._identity_names = [output.name for output in self._face.get_outputs()]
         self._check_graphs()
         self.device = ", ".join(self._speech.get_providers())
-        logger.info("onnx backend for %s on %s", self.spec.name, self.device)
+        logger.info(
+            "onnx backend for %s on %s: %d concurrent call(s), stream windows on %d thread(s)",
+            self.spec.name,
+            self.device,
+            self.concurrent_calls,
+            window_threads,
+        )
 
-    def _session(self, path: Path, providers: list[str]) -> ort.InferenceSession:
+    def _session(self, path: Path, providers: list[str], threads: int) -> ort.InferenceSession:
         options = ort.SessionOptions()
-        options.intra_op_num_threads = self.settings.intra_op_threads or physical_cores()
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = self.settings.inter_op_threads
         options.execution_mode = (
             ort.ExecutionMode.ORT_PARALLEL

@@ -174,6 +174,7 @@ class TensorRTBackend:
     """`export.backends.base.Backend` over the three TensorRT engines of an export directory."""
 
     name: BackendName = "tensorrt"
+    concurrent_calls: int = 1  # one execution context (and stream) per engine
 
     def __init__(self, export_dir: str | Path, *, label: str | None = None) -> None:
         """Load the engines on GPU 0.

@@ -71,6 +71,7 @@ class TorchBackend:
     """`export.backends.base.Backend` over a `PMMTalk` in eval mode."""
 
     name: BackendName = "torch"
+    concurrent_calls: int = 1  # torch's intra-op pool is global: concurrent calls share it
 
     def __init__(
         self,

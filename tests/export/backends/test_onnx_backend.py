@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -118,11 +119,43 @@ def test_optimized_model_cache_is_written_then_used(
     )
 
 
+def test_cpu_calls_run_side_by_side_with_the_window_graph_on_one_thread_each(
+    export_dir: Path, identities: list[Identity]
+) -> None:
+    cores = physical_cores()
+    default = OnnxBackend(export_dir, ["CPUExecutionProvider"])
+    assert default.concurrent_calls == cores
+    window_threads = default._window.get_session_options().intra_op_num_threads
+    assert window_threads == 1
+    assert default._speech.get_session_options().intra_op_num_threads == cores
+    serial = OnnxBackend(
+        export_dir, ["CPUExecutionProvider"], settings=OrtSettings(concurrent_calls=1)
+    )
+    assert serial.concurrent_calls == 1
+    assert serial._window.get_session_options().intra_op_num_threads == cores
+    # Calls from two threads at once give what one call at a time gives.
+    rng = np.random.default_rng(1)
+    window = default.spec.window
+    waves = [0.3 * rng.standard_normal((2, window.window_samples)).astype(np.float32)] * 2
+    style = np.stack([default.spec.mean_style] * 2)
+    offsets = np.array([0, 12], dtype=np.int64)
+    expected = serial.stream_windows(waves[0], identities[:2], style, offsets)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [
+            pool.submit(default.stream_windows, wave, identities[:2], style, offsets)
+            for wave in waves
+        ]
+        for future in futures:
+            np.testing.assert_allclose(future.result(), expected, atol=1e-5)
+
+
 def test_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="intra_op_threads"):
         OrtSettings(intra_op_threads=0)
     with pytest.raises(ValueError, match="graph_optimization"):
         OrtSettings(graph_optimization="most")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="concurrent_calls"):
+        OrtSettings(concurrent_calls=0)
     assert 1 <= physical_cores() <= len(os.sched_getaffinity(0))
 
 
