@@ -52,7 +52,7 @@ from models.mel import (
     LogMelSpectrogram,
 )
 from models.pmmtalk import PMMTalk
-from models.streaming import StreamWindow, window_forward
+from models.streaming import StreamWindow, window_step
 
 logger = logging.getLogger(__name__)
 
@@ -156,20 +156,30 @@ class SpeechToFrames(nn.Module):
 
 
 class StreamWindowGraph(nn.Module):
-    """Export wrapper: a batch of fixed-length windows -> blendshapes (B, Tw, 32).
+    """Export wrapper: a batch of fixed-length windows, with their streams' carried per-frame
+    features -> (blendshapes (B, Tw, 32), carry_out (B, C, D)).
 
-    Calls `models.streaming.window_forward`, the PyTorch reference the streaming engine is
-    tested against, so the graph cannot drift from it.
+    Calls `models.streaming.window_step`, the PyTorch reference the streaming engine is tested
+    against, so the graph cannot drift from it.
     """
 
-    def __init__(self, model: PMMTalk) -> None:
+    def __init__(self, model: PMMTalk, window: StreamWindow) -> None:
         super().__init__()
         self.model = model
+        self.window = window
 
     def forward(
-        self, wave: Tensor, style: Tensor, frame_offset: Tensor, identity: list[Tensor]
-    ) -> Tensor:
-        return window_forward(self.model, wave, identity, style, frame_offset)  # (B, Tw, 32)
+        self,
+        wave: Tensor,
+        style: Tensor,
+        frame_offset: Tensor,
+        carry: Tensor,
+        fresh_start: Tensor,
+        identity: list[Tensor],
+    ) -> tuple[Tensor, Tensor]:
+        return window_step(
+            self.model, self.window, wave, identity, style, frame_offset, carry, fresh_start
+        )
 
 
 def metadata(cfg: PMMTalkConfig, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -307,22 +317,33 @@ def export_stream_window(
     """Export ``stream_window.onnx``: one call runs a batch of streaming windows.
 
     Inputs, B the dynamic axis ``batch`` (one window per streaming session, B >= 1):
-    ``wave`` (B, W) float32 at 16 kHz, W = ``window.window_samples`` fixed (32,000 for the
-    default 1.5 s + 0.2 s + 0.3 s window); ``style`` (B, style_dim) float32; ``frame_offset``
+    ``wave`` (B, W) float32 at 16 kHz, W = ``window.window_samples`` fixed (27,200 for the
+    default 1.0 s + 0.4 s + 0.3 s window); ``style`` (B, style_dim) float32; ``frame_offset``
     (B,) int64, the index on its stream's 30 fps clock of each window's first frame (negative
-    for a window that starts in the left padding before the stream); ``identity_0`` ..
+    for a window that starts in the left padding before the stream); ``carry`` (B, C, D)
+    float32, C = ``window.carry_frames`` and D the image encoder's width, each stream's
+    ``carry_out`` from its previous window; ``fresh_start`` (B,) float32, 1 for a stream's first
+    window (its ``carry`` row is then ignored: pass zeros), else 0; ``identity_0`` ..
     ``identity_k`` float32, each (B, ...) with the per-face shapes ``face_encoder.onnx`` gives
-    (stack the sessions' cached pyramids along axis 0). Output ``blendshapes`` (B, Tw, 32)
-    float32, Tw = ``window.window_frames`` fixed (60 by default), unclipped; frames
-    [left_frames, left_frames + hop_frames) are the ones a window emits.
+    (stack the sessions' cached pyramids along axis 0). Outputs ``blendshapes`` (B, Tw, 32)
+    float32, Tw = ``window.window_frames`` fixed (51 by default), unclipped, frames
+    [left_frames, left_frames + hop_frames) being the ones a window emits; and ``carry_out``
+    (B, C, D), to pass as the stream's next ``carry`` (see `models.streaming.window_step`).
     """
     out = Path(path)
     cfg = model.cfg
     names = identity_names(cfg)
+    carried = window.carry_frames
+    if carried < 1:
+        raise ValueError(
+            f"a stream window needs at least 0.2 s of left context, got {window.left_context_s} s"
+        )
     # Example batch 2: torch.export specialises an axis whose example size is 0 or 1.
     identity = [t.detach() for t in model.encode_face(_face_input(cfg, batch=2))]
     batch = torch.export.Dim("batch", min=1)
     dynamic_shapes: tuple[Any, ...] = (
+        {0: batch},
+        {0: batch},
         {0: batch},
         {0: batch},
         {0: batch},
@@ -332,22 +353,25 @@ def export_stream_window(
         torch.randn(2, window.window_samples),
         torch.randn(2, cfg.decoder.style_dim),
         torch.tensor([-window.left_frames, 7]),
+        torch.randn(2, carried, cfg.image.hidden_size),
+        torch.tensor([1.0, 0.0]),
         identity,
     )
+    inputs = ["wave", "style", "frame_offset", "carry", "fresh_start", *names]
+    outputs = ["blendshapes", "carry_out"]
     with torch.no_grad(), _dft_front_end(model):
         torch.onnx.export(
-            StreamWindowGraph(model).eval(),
+            StreamWindowGraph(model, window).eval(),
             example,
             str(out),
-            input_names=["wave", "style", "frame_offset", *names],
-            output_names=["blendshapes"],
+            input_names=inputs,
+            output_names=outputs,
             dynamic_shapes=dynamic_shapes,
             opset_version=OPSET_VERSION,
             dynamo=True,
             external_data=False,
             verbose=False,
         )
-    inputs = ["wave", "style", "frame_offset", *names]
     props = metadata(
         cfg,
         {
@@ -356,7 +380,7 @@ def export_stream_window(
             "stream_window": json.dumps(window.to_dict()),
         },
     )
-    _finish(out, props, {name: {0: "batch"} for name in [*inputs, "blendshapes"]})
+    _finish(out, props, {name: {0: "batch"} for name in [*inputs, *outputs]})
     return out
 
 
@@ -459,8 +483,9 @@ def check_parity(
 
     stream_window: per batch size B, B windows of noise, each with its own face (the photo, the
     photo mirrored, then random-pixel faces), style (table rows, then their mean) and frame
-    offset (the first is ``-left_frames``, a window starting before its stream), against
-    `models.streaming.window_forward`.
+    offset (the first is ``-left_frames``, a window starting before its stream, and the only one
+    marked ``fresh_start``; the others get random carried features), against
+    `models.streaming.window_step`, on both outputs.
 
     Returns the largest absolute difference of the (unclipped) 32 coefficients per input.
     """
@@ -517,29 +542,64 @@ def check_parity(
             # Before the stream, mid-stream, and hours in (the positional encoding wraps).
             offsets = np.array([-window.left_frames, 45, 1_000_003], dtype=np.int64)
             offsets = offsets[np.arange(batch) % len(offsets)]  # (B,)
+            # The first window of each batch starts its stream; the others carry features.
+            carry = torch.randn(
+                batch, window.carry_frames, cfg.image.hidden_size, generator=generator
+            )
+            fresh = (np.arange(batch) == 0).astype(np.float32)  # (B,)
             with torch.no_grad():
-                expected = window_forward(
-                    model,
-                    waves,
-                    model.encode_face(torch.from_numpy(faces)),
-                    torch.from_numpy(chosen),
-                    torch.from_numpy(offsets),
-                ).numpy()
-            feeds = {"wave": waves.numpy(), "style": chosen, "frame_offset": offsets}
-            feeds.update(zip(names, encode(faces), strict=True))
-            (got,) = window_session.run(["blendshapes"], feeds)
-            if got.shape != expected.shape:
-                raise RuntimeError(
-                    f"stream window: ONNX gave {got.shape}, PyTorch {expected.shape}"
+                expected, expected_carry = (
+                    t.numpy()
+                    for t in window_step(
+                        model,
+                        window,
+                        waves,
+                        model.encode_face(torch.from_numpy(faces)),
+                        torch.from_numpy(chosen),
+                        torch.from_numpy(offsets),
+                        carry,
+                        torch.from_numpy(fresh),
+                    )
                 )
-            results.append(_result(STREAM_WINDOW_FILE, batch, window.window_samples, got, expected))
+            feeds = {
+                "wave": waves.numpy(),
+                "style": chosen,
+                "frame_offset": offsets,
+                "carry": carry.numpy(),
+                "fresh_start": fresh,
+            }
+            feeds.update(zip(names, encode(faces), strict=True))
+            got, got_carry = window_session.run(["blendshapes", "carry_out"], feeds)
+            if got.shape != expected.shape or got_carry.shape != expected_carry.shape:
+                raise RuntimeError(
+                    f"stream window: ONNX gave {got.shape} and {got_carry.shape}, PyTorch "
+                    f"{expected.shape} and {expected_carry.shape}"
+                )
+            # Both outputs count: a carry that drifted would move every later window.
+            carry_error = float(np.abs(got_carry - expected_carry).max())
+            results.append(
+                _result(
+                    STREAM_WINDOW_FILE,
+                    batch,
+                    window.window_samples,
+                    got,
+                    expected,
+                    other_error=carry_error,
+                )
+            )
     return results
 
 
 def _result(
-    graph: str, batch: int, samples: int, got: np.ndarray, expected: np.ndarray
+    graph: str,
+    batch: int,
+    samples: int,
+    got: np.ndarray,
+    expected: np.ndarray,
+    other_error: float = 0.0,
 ) -> ParityResult:
-    error = float(np.abs(got - expected).max())
+    """``other_error``: the largest difference of the graph's other outputs, if any."""
+    error = max(float(np.abs(got - expected).max()), other_error)
     frames = int(got.shape[1])
     logger.info(
         "parity %s, %d x %d samples (%d frames): max abs error %.3g",

@@ -1050,7 +1050,9 @@ def engine_parity(
     sample_rate_hz = int(props["sample_rate_hz"])
     face_size = int(json.loads(props["pmmtalk_config"])["wav2lip"]["img_size"])
     styles = np.asarray(json.loads(props["style_table"]), dtype=np.float32)  # (K, D)
-    window_samples = int(onnx_input_shapes(sources["stream_window"])["wave"][1])
+    window_inputs = onnx_input_shapes(sources["stream_window"])
+    window_samples = int(window_inputs["wave"][1])
+    carry_shape = tuple(int(d) for d in window_inputs["carry"][1:])  # (C, D)
     tolerance = FP16_PARITY_TOLERANCE if engines.precision != "fp32" else FP32_PARITY_TOLERANCE
     rng = np.random.default_rng(seed)
 
@@ -1096,6 +1098,8 @@ def engine_parity(
                 "wave": (0.3 * rng.standard_normal((batch, window_samples))).astype(np.float32),
                 "style": styles[rng.integers(len(styles), size=batch)],
                 "frame_offset": rng.integers(-60, 3_000, size=batch, dtype=np.int64),
+                "carry": rng.standard_normal((batch, *carry_shape)).astype(np.float32),
+                "fresh_start": (np.arange(batch) == 0).astype(np.float32),  # one stream starts
                 **{k: np.concatenate([p[k] for p in pyramids]) for k in pyramids[0]},
             }
             got, ms = _timed(runners["stream_window"], feeds)

@@ -70,10 +70,18 @@ class ImageEncoder(nn.Module):
         return self.cfg.hidden_size
 
     def forward(self, video: Tensor) -> Tensor:
+        return self.sequence(self.frame_features(video))
+
+    def frame_features(self, video: Tensor) -> Tensor:
+        """The per-frame part: each frame (B, T, 3, H, W) through the CNN alone -> (B, T,
+        hidden). A frame's features depend on that frame only, so a stream may compute them
+        once and carry them into later windows (`models.streaming.window_step`)."""
         batch, frames = video.shape[:2]
         if self.cfg.lower_half_only:
             video = video[..., video.shape[-2] // 2 :, :]  # mouth half: (B, T, 3, H/2, W)
-        x = self.cnn(video.flatten(0, 1))  # (B*T, hidden)
-        x = x.view(batch, frames, -1)  # (B, T, hidden)
+        return self.cnn(video.flatten(0, 1)).view(batch, frames, -1)  # (B, T, hidden)
+
+    def sequence(self, x: Tensor) -> Tensor:
+        """The part across frames: per-frame features (B, T, hidden) -> image features."""
         x = x + self.position(x.transpose(1, 2)).transpose(1, 2)
         return self.norm(self.transformer(x))  # (B, T, hidden)

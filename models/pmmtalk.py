@@ -154,6 +154,11 @@ class PMMTalk(nn.Module):
         video = self.generator.decode(embedding, identity, frames_per_item=frames)
         return video.view(batch, frames, *video.shape[1:])
 
+    def frame_features(self, windows: Tensor, identity: list[Tensor]) -> Tensor:
+        """The per-frame work: psi_HG, then psi_IE's frame CNN. Mel windows (B, T, 1, m, s) ->
+        (B, T, image hidden). A frame's result depends on its own mel window only."""
+        return self.image.frame_features(self.generate_video(windows, identity))
+
     def decode(
         self,
         speech: SpeechFeatures,
@@ -162,8 +167,18 @@ class PMMTalk(nn.Module):
         start_index: int | Tensor = 0,
     ) -> PMMTalkOutput:
         """Speech features + identity + style -> coefficients (B, T, 32) and features."""
-        video = self.generate_video(speech.mel_windows, identity)  # (B, T, 3, H, W)
-        image = self.image(video)  # (B, T, Di)
+        frames = self.frame_features(speech.mel_windows, identity)  # (B, T, Di)
+        return self.decode_frames(speech, frames, style, start_index)
+
+    def decode_frames(
+        self,
+        speech: SpeechFeatures,
+        frame_features: Tensor,
+        style: int | Tensor | None = None,
+        start_index: int | Tensor = 0,
+    ) -> PMMTalkOutput:
+        """`decode` from per-frame features (`frame_features`) already computed."""
+        image = self.image.sequence(frame_features)  # (B, T, Di)
         batch = image.shape[0]
         p = self.decoder.style_vector(style, batch)  # (B, style_dim)
         blendshapes = self.decoder(image, speech.text, speech.audio, p, start_index)

@@ -9,6 +9,13 @@ fixed-shape graph call (`window_forward`, and the ``stream_window.onnx`` export)
 
 All three lengths are multiples of 0.1 s: there 1,600 samples, 3 frames at 30 fps and 5 latents
 at 50 Hz start at the same instant, so a window's frames sit exactly on the clip's frame grid.
+
+Most of a window's work is per frame: the talking-head generator and the image encoder's frame
+CNN see one frame's 0.2 s mel window each. Those results do not change when the window moves on,
+so a stream carries them (`window_step`): each window computes them only for frames from
+``carry_frames`` on and takes the earlier ones from its predecessor's ``carry_out``. Frames near
+a window's edges have mel windows that reach past its audio; ``CARRY_MARGIN_FRAMES`` keeps those
+out of what is carried.
 """
 
 from __future__ import annotations
@@ -27,6 +34,10 @@ UNIT_S: Final = 0.1
 """Every window length is a whole number of these (see the module docstring)."""
 UNIT_SAMPLES: Final = 1_600
 UNIT_FRAMES: Final = 3
+CARRY_MARGIN_FRAMES: Final = 5
+"""Frames at a window's start that are not carried, and the least distance of a carried frame
+from a window's end. A frame's mel window spans 0.1 s before it to 0.09 s after it, plus half
+the 800-sample STFT: 4 frames at 30 fps; one more for safety."""
 
 
 def _units(seconds: float, name: str, allow_zero: bool) -> int:
@@ -79,6 +90,12 @@ class StreamWindow:
         return self._frames(self.hop_s)
 
     @property
+    def carry_frames(self) -> int:
+        """Frames at a window's start whose per-frame features come from the stream's previous
+        window (`window_step`); 0 when the left context is too short to carry any."""
+        return max(0, self.left_frames - CARRY_MARGIN_FRAMES)
+
+    @property
     def hop_samples(self) -> int:
         return self._samples(self.hop_s)
 
@@ -110,6 +127,7 @@ class StreamWindow:
             "left_frames": self.left_frames,
             "hop_frames": self.hop_frames,
             "lookahead_frames": self.lookahead_frames,
+            "carry_frames": self.carry_frames,
             "sample_rate_hz": SAMPLE_RATE_HZ,
             "fps": FPS,
         }
@@ -137,3 +155,53 @@ def window_forward(
     frames = samples // UNIT_SAMPLES * UNIT_FRAMES
     speech = model.encode_speech(wave, frames)
     return model.decode(speech, identity, style, start_index=frame_offset).blendshapes
+
+
+def window_step(
+    model: PMMTalk,
+    window: StreamWindow,
+    wave: Tensor,
+    identity: list[Tensor],
+    style: Tensor,
+    frame_offset: Tensor,
+    carry: Tensor,
+    fresh_start: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """`window_forward` for a stream's next window, with the per-frame work carried over.
+
+    wave, identity, style, frame_offset as in `window_forward`, W = ``window.window_samples``.
+    carry (B, C, D) float32, C = ``window.carry_frames``, D = the image encoder's width: the
+    previous window's ``carry_out`` for each stream. fresh_start (B,) float32, 1 for a window
+    that starts its stream (its left context is the silence before the stream; its carry row is
+    ignored), else 0. Returns (blendshapes (B, Tw, 32) unclipped, carry_out (B, C, D)).
+
+    Frames [C, Tw) get fresh per-frame features; frames [0, C) take ``carry``, or for a
+    starting window the features of a silent frame, which is what those frames of a starting
+    window are. ``carry_out`` holds frames [hop, hop + C): the next window's first C frames.
+    """
+    import torch
+
+    from models.mel import SILENCE_LEVEL
+
+    carried = window.carry_frames
+    if carried < 1:
+        raise ValueError(
+            "a stream window needs at least 0.2 s of left context to carry per-frame work, got "
+            f"{window.left_context_s} s"
+        )
+    frames = window.window_frames
+    if int(wave.shape[-1]) != window.window_samples:
+        raise ValueError(
+            f"a window must be {window.window_samples} samples, got {int(wave.shape[-1])}"
+        )
+    speech = model.encode_speech(wave, frames)
+    mel = speech.mel_windows[:, carried:]  # (B, Tw - C, 1, m, s): the frames computed afresh
+    silent = torch.full_like(mel[:, :1], SILENCE_LEVEL)  # one silent frame's mel window
+    computed = model.frame_features(torch.cat([mel, silent], dim=1), identity)
+    fresh, quiet = computed[:, :-1], computed[:, -1:]  # (B, Tw - C, D), (B, 1, D)
+    starts = (fresh_start > 0.5)[:, None, None]  # (B, 1, 1)
+    head = torch.where(starts, quiet.expand(-1, carried, -1), carry)  # (B, C, D)
+    features = torch.cat([head, fresh], dim=1)  # (B, Tw, D)
+    blendshapes = model.decode_frames(speech, features, style, frame_offset).blendshapes
+    hop = window.hop_frames
+    return blendshapes, features[:, hop : hop + carried]

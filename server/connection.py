@@ -24,7 +24,7 @@ import numpy as np
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from export.backends.base import Identity
+from export.backends.base import Carry, Identity
 from models.blendshapes import SAMPLE_RATE_HZ
 from pmmtalk.animate import COEFFICIENT_RANGE
 from pmmtalk.errors import AudioError, InputError
@@ -104,6 +104,7 @@ class StreamConnection:
         self._buffer = StreamBuffer(window, self._max_samples)
         self._sent = 0  # frames sent in the current utterance
         self._last_frame = np.zeros(NUM_BLENDSHAPES, dtype=np.float32)
+        self._carry: Carry | None = None  # the last window's carried per-frame features
         self._binary = False
         self._rig: RigMapper = state.rigs.mapper(DEFAULT_PROFILE)  # the start message picks
         self._decoder: PcmDecoder | None = None
@@ -351,43 +352,41 @@ class StreamConnection:
         )
 
     async def _answer(self, generation: int) -> None:
-        """Compute and send every window the buffer has ready, in order."""
-        limit = self._stream.max_inflight_windows
+        """Compute and send every window the buffer has ready, in order.
+
+        One window at a time: each takes the per-frame features its predecessor carries out
+        (`models.streaming.window_step`); the first window of an utterance takes none.
+        """
         left = self._window.left_frames
         assert self._identity is not None and self._style is not None
-        while plans := self._buffer.take(limit):
+        while plans := self._buffer.take(1):
+            (plan,) = plans
+            carry = self._carry if plan.index > 0 else None
             try:
-                futures = [
-                    self.state.engine.submit_window(
-                        plan.wave, self._identity, self._style, plan.frame_offset
-                    )
-                    for plan in plans
-                ]
+                future = self.state.engine.submit_window(
+                    plan.wave, self._identity, self._style, plan.frame_offset, carry
+                )
             except EngineClosedError:
                 raise SessionError("shutting_down", "the server is shutting down") from None
             try:
-                for plan, future in zip(plans, futures, strict=True):
-                    try:
-                        result = await future
-                    except EngineClosedError:
-                        raise SessionError("shutting_down", "the server is shutting down") from None
-                    if generation != self._generation:
-                        return  # interrupted: these frames belong to the abandoned utterance
-                    frames = result[left : left + plan.count]
-                    gate = self.state.engine.animator.silence_gate_dbfs
-                    if gate is not None:  # as Animator.animate_with gates the offline path
-                        gains = frame_gains(
-                            plan.wave, plan.wave_start, plan.first_frame, plan.count, gate
-                        )
-                        frames = frames * gains[:, None]
-                    frames = np.clip(frames, *COEFFICIENT_RANGE)
-                    await self._send_frames(plan.first_frame, frames)
-                    lag = time.monotonic() - plan.ready_at
-                    for _ in range(plan.count):
-                        self.state.metrics.frame_lag_seconds.observe(lag)
+                result = await future
+            except EngineClosedError:
+                raise SessionError("shutting_down", "the server is shutting down") from None
             finally:
-                for future in futures:
-                    future.cancel()  # no-op for finished ones; frees the batcher of the rest
+                future.cancel()  # no-op once finished; frees the batcher of an abandoned window
+            if generation != self._generation:
+                return  # interrupted: these frames belong to the abandoned utterance
+            self._carry = result.carry
+            frames = result.frames[left : left + plan.count]
+            gate = self.state.engine.animator.silence_gate_dbfs
+            if gate is not None:  # as Animator.animate_with gates the offline path
+                gains = frame_gains(plan.wave, plan.wave_start, plan.first_frame, plan.count, gate)
+                frames = frames * gains[:, None]
+            frames = np.clip(frames, *COEFFICIENT_RANGE)
+            await self._send_frames(plan.first_frame, frames)
+            lag = time.monotonic() - plan.ready_at
+            for _ in range(plan.count):
+                self.state.metrics.frame_lag_seconds.observe(lag)
             self._update_room()
 
     async def _interrupt(self) -> None:
@@ -402,6 +401,7 @@ class StreamConnection:
         self._buffer = StreamBuffer(self._window, self._max_samples)
         self._sent = 0
         self._last_frame = np.zeros(NUM_BLENDSHAPES, dtype=np.float32)
+        self._carry = None
 
     # --- sending ----------------------------------------------------------------------------
 

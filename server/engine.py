@@ -19,11 +19,11 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
-from export.backends.base import Identity
+from export.backends.base import Carry, Identity, WindowOutput
 from models.blendshapes import SAMPLE_RATE_HZ
 from pmmtalk.animate import Animation, Animator
 from server.metrics import ServerMetrics
@@ -41,6 +41,13 @@ class EngineClosedError(RuntimeError):
     """The engine is shutting down; no more work is accepted."""
 
 
+class WindowResult(NamedTuple):
+    """One computed window."""
+
+    frames: np.ndarray  # (window_frames, 32) float32, unclipped
+    carry: Carry  # what the stream's next window takes as its carry
+
+
 @dataclass(eq=False)
 class WindowJob:
     """One stream window waiting for compute."""
@@ -49,7 +56,8 @@ class WindowJob:
     identity: Identity
     style: np.ndarray  # (style_dim,) float32
     frame_offset: int  # the window's first frame on its stream's clock (may be negative)
-    future: asyncio.Future[np.ndarray] = field(repr=False)
+    carry: Carry | None  # the previous window's `WindowResult.carry`; None: the stream's first
+    future: asyncio.Future[WindowResult] = field(repr=False)
 
 
 class InferenceEngine:
@@ -84,7 +92,7 @@ class InferenceEngine:
         # so resident memory does not step up later, the first time many streams coincide.
         await asyncio.gather(
             *(
-                self.submit_window(wave, identity, style, 0)
+                self.submit_window(wave, identity, style, 0, None)
                 for _ in range(self._batch.max_batch_size)
             )
         )
@@ -144,14 +152,19 @@ class InferenceEngine:
         return animation, seconds
 
     def submit_window(
-        self, wave: np.ndarray, identity: Identity, style: np.ndarray, frame_offset: int
-    ) -> asyncio.Future[np.ndarray]:
-        """Queue one window (W,) float32; the future gives its frames (window_frames, 32),
-        unclipped."""
+        self,
+        wave: np.ndarray,
+        identity: Identity,
+        style: np.ndarray,
+        frame_offset: int,
+        carry: Carry | None,
+    ) -> asyncio.Future[WindowResult]:
+        """Queue one window (W,) float32 with its stream's carry (None for the stream's first
+        window); the future gives its `WindowResult`."""
         if self._closed:
             raise EngineClosedError("the server is shutting down")
-        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(WindowJob(wave, identity, style, frame_offset, future))
+        future: asyncio.Future[WindowResult] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(WindowJob(wave, identity, style, frame_offset, carry, future))
         self._metrics.queue_depth.set(self._queue.qsize())
         return future
 
@@ -193,7 +206,7 @@ class InferenceEngine:
         """One backend call on a free worker; its results (or its failure) go to the windows."""
         loop = asyncio.get_running_loop()
         try:
-            frames, seconds = await loop.run_in_executor(self._executor, self._compute, jobs)
+            output, seconds = await loop.run_in_executor(self._executor, self._compute, jobs)
         except asyncio.CancelledError:  # the engine is closing
             for job in jobs:
                 if not job.future.done():
@@ -212,16 +225,17 @@ class InferenceEngine:
         audio_s = len(jobs) * self.window.hop_s
         self._metrics.real_time_factor.labels("stream").set(seconds / audio_s)
         self._metrics.audio_seconds.labels("stream").inc(audio_s)
-        for job, result in zip(jobs, frames, strict=True):
+        for job, frames, carry in zip(jobs, output.frames, output.carries, strict=True):
             if not job.future.done():
-                job.future.set_result(result)
+                job.future.set_result(WindowResult(frames, carry))
 
-    def _compute(self, jobs: list[WindowJob]) -> tuple[np.ndarray, float]:
+    def _compute(self, jobs: list[WindowJob]) -> tuple[WindowOutput, float]:
         started = time.perf_counter()
-        frames = self.animator.backend.stream_windows(
+        output = self.animator.backend.stream_windows(
             np.stack([job.wave for job in jobs]),
             [job.identity for job in jobs],
             np.stack([job.style for job in jobs]),
             np.array([job.frame_offset for job in jobs], dtype=np.int64),
+            [job.carry for job in jobs],
         )
-        return frames, time.perf_counter() - started
+        return output, time.perf_counter() - started

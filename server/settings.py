@@ -48,7 +48,8 @@ class StreamSettings(_Section):
     """The streaming window (see models/streaming.py) and session behaviour."""
 
     left_context_s: float = StreamWindow.left_context_s
-    """Seconds of audio already answered that each window re-reads, a multiple of 0.1."""
+    """Seconds of audio already answered that each window re-reads, a multiple of 0.1, at least
+    0.2."""
     hop_s: float = StreamWindow.hop_s
     """Seconds of new audio each window answers, a multiple of 0.1; frames come in groups of
     this, and a larger hop costs less compute per second of audio."""
@@ -63,8 +64,6 @@ class StreamSettings(_Section):
     """Seconds of received audio a session may hold unanswered before the server stops reading
     from its socket (backpressure on a client that sends faster than real time); at least
     hop_s + lookahead_s."""
-    max_inflight_windows: int = Field(4, ge=1)
-    """Windows one session may have queued for compute at once."""
     interrupt_ease_s: float = Field(0.2, ge=0)
     """Seconds over which an interrupt eases the face from its last frame to neutral."""
 
@@ -74,6 +73,13 @@ class StreamSettings(_Section):
     @model_validator(mode="after")
     def _window_valid(self) -> StreamSettings:
         window = self.window()  # raises ValueError naming the off-grid length
+        if window.carry_frames < 1:
+            # Each window takes the per-frame work of frames its predecessor already computed
+            # (models/streaming.py, window_step): that needs some left context to carry.
+            raise ValueError(
+                f"left_context_s ({self.left_context_s} s) must be at least 0.2 s: a window "
+                "carries its predecessor's per-frame work over the left context"
+            )
         needed_s = window.hop_s + window.lookahead_s
         if self.max_buffered_s < needed_s - 1e-9:
             # The reader would stop reading before the next window's audio is in: a stall.

@@ -5,7 +5,8 @@ A backend runs the trained network three ways, each a pure function of numpy arr
 - `Backend.encode_face`: a reference face -> its identity pyramid (once per face, then cached);
 - `Backend.speech_to_frames`: a whole clip -> its frames (the offline path, ``POST /animate``);
 - `Backend.stream_windows`: a batch of fixed-length windows, one per streaming session, -> their
-  frames (see `models.streaming`), so one call serves every session waiting for compute.
+  frames (see `models.streaming`), so one call serves every session waiting for compute. Each
+  window also takes its stream's carried per-frame features and gives the next window's.
 
 Outputs are unclipped coefficients; callers clip to [0, 1]. Backends: PyTorch (`torch`), ONNX
 Runtime (`onnx`) and native TensorRT (`tensorrt`); `export.backends.select` picks one.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 import numpy as np
 
@@ -28,6 +29,18 @@ BACKEND_NAMES: tuple[BackendName, ...] = ("torch", "onnx", "tensorrt")
 Identity = tuple[np.ndarray, ...]
 """The face encoder's identity pyramid for one face: float32 arrays, each with batch size 1,
 shallow to deep (``identity_0`` .. ``identity_k`` in the ONNX graphs)."""
+
+
+Carry = np.ndarray
+"""One stream's carried per-frame features, (C, D) float32 with C = ``window.carry_frames`` and
+D the image encoder's width: a `WindowOutput.carries` row, passed to the stream's next window."""
+
+
+class WindowOutput(NamedTuple):
+    """What `Backend.stream_windows` gives for a batch of B windows."""
+
+    frames: np.ndarray  # (B, window_frames, 32) float32, unclipped
+    carries: np.ndarray  # (B, C, D) float32: row i is window i's stream's next carry
 
 
 class BackendUnavailableError(RuntimeError):
@@ -43,6 +56,11 @@ class ModelSpec:
     window: StreamWindow
     style_table: np.ndarray  # (num_styles, style_dim) float32; the mean row = unseen speaker
     name: str  # shown in answers and logs, e.g. "lite:default"
+
+    @property
+    def carry_shape(self) -> tuple[int, int]:
+        """(C, D) of one stream's `Carry`."""
+        return self.window.carry_frames, self.config.image.hidden_size
 
     @property
     def mean_style(self) -> np.ndarray:
@@ -84,10 +102,13 @@ class Backend(Protocol):
         identities: Sequence[Identity],
         styles: np.ndarray,
         frame_offsets: np.ndarray,
-    ) -> np.ndarray:
+        carries: Sequence[Carry | None] | None = None,
+    ) -> WindowOutput:
         """waves (B, W) float32, W = ``spec.window.window_samples``; one identity per window;
         styles (B, style_dim) float32; frame_offsets (B,) int64, each window's first frame on
-        its stream's clock -> (B, ``spec.window.window_frames``, 32) float32."""
+        its stream's clock; carries, one per window: the `WindowOutput.carries` row of the
+        stream's previous window, or None for a stream's first window (None for all: every
+        window starts its stream) -> `WindowOutput` (see `models.streaming.window_step`)."""
         ...
 
     def close(self) -> None:
@@ -101,6 +122,7 @@ def check_window_batch(
     identities: Sequence[Identity],
     styles: np.ndarray,
     frame_offsets: np.ndarray,
+    carries: Sequence[Carry | None] | None = None,
 ) -> None:
     """Raise ValueError naming the first input of a `Backend.stream_windows` call that is off."""
     batch = waves.shape[0] if waves.ndim == 2 else -1
@@ -115,3 +137,28 @@ def check_window_batch(
         raise ValueError(f"styles must be ({batch}, {style_dim}), got {tuple(styles.shape)}")
     if frame_offsets.shape != (batch,):
         raise ValueError(f"frame_offsets must be ({batch},), got {tuple(frame_offsets.shape)}")
+    if carries is not None:
+        if len(carries) != batch:
+            raise ValueError(
+                f"need one carry (or None) per window: {batch} windows, {len(carries)}"
+            )
+        for i, carry in enumerate(carries):
+            if carry is not None and carry.shape != spec.carry_shape:
+                raise ValueError(
+                    f"carries[{i}] must be {spec.carry_shape}, got {tuple(carry.shape)}"
+                )
+
+
+def carry_batch(
+    spec: ModelSpec, carries: Sequence[Carry | None] | None, batch: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The stream-window graph's ``carry`` (B, C, D) and ``fresh_start`` (B,) float32 inputs:
+    zeros and 1 for a window without a carry (its stream's first), the carry and 0 otherwise."""
+    chosen = [None] * batch if carries is None else list(carries)
+    carry = np.zeros((batch, *spec.carry_shape), dtype=np.float32)
+    fresh = np.ones(batch, dtype=np.float32)
+    for i, row in enumerate(chosen):
+        if row is not None:
+            carry[i] = row
+            fresh[i] = 0.0
+    return carry, fresh

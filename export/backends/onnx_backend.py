@@ -37,8 +37,11 @@ import onnxruntime as ort
 from export.backends.base import (
     BackendName,
     BackendUnavailableError,
+    Carry,
     Identity,
     ModelSpec,
+    WindowOutput,
+    carry_batch,
     check_window_batch,
 )
 from export.backends.inputs import (
@@ -318,19 +321,24 @@ class OnnxBackend:
         identities: Sequence[Identity],
         styles: np.ndarray,
         frame_offsets: np.ndarray,
-    ) -> np.ndarray:
-        """waves (B, W) float32; one identity per window; styles (B, style_dim); frame_offsets
-        (B,) int64 -> (B, window_frames, 32) float32 unclipped."""
-        check_window_batch(self.spec, waves, identities, styles, frame_offsets)
+        carries: Sequence[Carry | None] | None = None,
+    ) -> WindowOutput:
+        """As `export.backends.base.Backend.stream_windows`."""
+        check_window_batch(self.spec, waves, identities, styles, frame_offsets, carries)
         levels = stack_identities(identities, len(self._identity_names))
+        carry, fresh = carry_batch(self.spec, carries, len(waves))
         feeds = {
             "wave": np.ascontiguousarray(waves, dtype=np.float32),
             "style": np.ascontiguousarray(styles, dtype=np.float32),
             "frame_offset": np.ascontiguousarray(frame_offsets, dtype=np.int64),
+            "carry": carry,
+            "fresh_start": fresh,
             **dict(zip(self._identity_names, levels, strict=True)),
         }
-        (frames,) = self._window.run(["blendshapes"], feeds)  # (B, Tw, 32)
-        return np.asarray(frames, dtype=np.float32)
+        frames, carry_out = self._window.run(["blendshapes", "carry_out"], feeds)
+        return WindowOutput(
+            np.asarray(frames, dtype=np.float32), np.asarray(carry_out, dtype=np.float32)
+        )
 
     def close(self) -> None:
         """Drop the sessions (onnxruntime frees a session's memory when it is collected)."""

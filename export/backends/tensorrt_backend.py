@@ -28,8 +28,11 @@ import numpy as np
 from export.backends.base import (
     BackendName,
     BackendUnavailableError,
+    Carry,
     Identity,
     ModelSpec,
+    WindowOutput,
+    carry_batch,
     check_window_batch,
 )
 from export.backends.inputs import (
@@ -232,18 +235,22 @@ class TensorRTBackend:
         identities: Sequence[Identity],
         styles: np.ndarray,
         frame_offsets: np.ndarray,
-    ) -> np.ndarray:
-        """waves (B, W) float32; one identity per window; styles (B, style_dim); frame_offsets
-        (B,) int64 -> (B, window_frames, 32) float32 unclipped."""
-        check_window_batch(self.spec, waves, identities, styles, frame_offsets)
+        carries: Sequence[Carry | None] | None = None,
+    ) -> WindowOutput:
+        """As `export.backends.base.Backend.stream_windows`."""
+        check_window_batch(self.spec, waves, identities, styles, frame_offsets, carries)
         levels = stack_identities(identities, len(self._identity_names))
+        carry, fresh = carry_batch(self.spec, carries, len(waves))
         feeds = {
             "wave": waves,
             "style": styles,
             "frame_offset": frame_offsets,
+            "carry": carry,
+            "fresh_start": fresh,
             **dict(zip(self._identity_names, levels, strict=True)),
         }
-        return self._window.run(feeds)["blendshapes"]  # (B, Tw, 32)
+        outputs = self._window.run(feeds)
+        return WindowOutput(outputs["blendshapes"], outputs["carry_out"])  # (B, Tw, 32), (B, C, D)
 
     def close(self) -> None:
         """Free the device buffers, streams, execution contexts and engines."""

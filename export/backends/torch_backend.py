@@ -16,8 +16,11 @@ import torch
 from export.backends.base import (
     BackendName,
     BackendUnavailableError,
+    Carry,
     Identity,
     ModelSpec,
+    WindowOutput,
+    carry_batch,
     check_window_batch,
 )
 from export.backends.inputs import (
@@ -30,7 +33,7 @@ from export.backends.inputs import (
 from models.blendshapes import num_frames
 from models.checkpoint import load_checkpoint
 from models.pmmtalk import PMMTalk
-from models.streaming import StreamWindow, window_forward
+from models.streaming import StreamWindow, window_step
 
 logger = logging.getLogger(__name__)
 
@@ -143,19 +146,23 @@ class TorchBackend:
         identities: Sequence[Identity],
         styles: np.ndarray,
         frame_offsets: np.ndarray,
-    ) -> np.ndarray:
-        """waves (B, W) float32; one identity per window; styles (B, style_dim); frame_offsets
-        (B,) int64 -> (B, window_frames, 32) float32 unclipped (see `window_forward`)."""
-        check_window_batch(self.spec, waves, identities, styles, frame_offsets)
+        carries: Sequence[Carry | None] | None = None,
+    ) -> WindowOutput:
+        """As `export.backends.base.Backend.stream_windows` (see `window_step`)."""
+        check_window_batch(self.spec, waves, identities, styles, frame_offsets, carries)
         pyramid = [self._tensor(level) for level in stack_identities(identities, self._levels)]
-        output = window_forward(
+        carry, fresh = carry_batch(self.spec, carries, len(waves))
+        frames, carry_out = window_step(
             self.model,
+            self.spec.window,
             self._tensor(np.ascontiguousarray(waves, dtype=np.float32)),
             pyramid,
             self._tensor(np.ascontiguousarray(styles, dtype=np.float32)),
             self._tensor(np.ascontiguousarray(frame_offsets, dtype=np.int64)),
+            self._tensor(carry),
+            self._tensor(fresh),
         )
-        return output.float().cpu().numpy()
+        return WindowOutput(frames.float().cpu().numpy(), carry_out.float().cpu().numpy())
 
     def close(self) -> None:
         """Drop the network; on a GPU, give its cached memory back to the driver."""

@@ -31,7 +31,7 @@ from models.checkpoint import WEIGHTS_FILE, save_checkpoint
 from models.config import PMMTalkConfig
 from models.mel import LogMelSpectrogram
 from models.pmmtalk import PMMTalk
-from models.streaming import StreamWindow, window_forward
+from models.streaming import StreamWindow, window_step
 from pmmtalk.cli import app
 from pmmtalk.face import reference_face
 
@@ -89,20 +89,34 @@ def test_stream_window_graph_takes_any_batch_and_honours_the_offsets(
     styles = torch.randn(batch, tiny_config.decoder.style_dim, generator=generator)
     offsets = torch.tensor([-window.left_frames, 0, 6, 90_001])
     identity = [t.detach() for t in tiny_model.encode_face(faces)]
-    feeds = {"wave": waves.numpy(), "style": styles.numpy()}
+    carry = torch.randn(
+        batch, window.carry_frames, tiny_config.image.hidden_size, generator=generator
+    )
+    fresh = torch.tensor([1.0, 0.0, 0.0, 1.0])  # two streams start, two carry
+    feeds = {
+        "wave": waves.numpy(),
+        "style": styles.numpy(),
+        "carry": carry.numpy(),
+        "fresh_start": fresh.numpy(),
+    }
     feeds.update({n: t.numpy() for n, t in zip(identity_names(tiny_config), identity, strict=True)})
 
-    def run(frame_offset: torch.Tensor) -> np.ndarray:
-        (out,) = session.run(["blendshapes"], {**feeds, "frame_offset": frame_offset.numpy()})
-        return np.asarray(out)
+    def run(frame_offset: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        out, carry_out = session.run(
+            ["blendshapes", "carry_out"], {**feeds, "frame_offset": frame_offset.numpy()}
+        )
+        return np.asarray(out), np.asarray(carry_out)
 
-    got = run(offsets)
+    got, got_carry = run(offsets)
     with torch.no_grad():
-        expected = window_forward(tiny_model, waves, identity, styles, offsets).numpy()
+        expected, expected_carry = window_step(
+            tiny_model, window, waves, identity, styles, offsets, carry, fresh
+        )
     assert got.shape == (batch, window.window_frames, 32)
-    np.testing.assert_allclose(got, expected, rtol=0, atol=PARITY_TOLERANCE)
+    np.testing.assert_allclose(got, expected.numpy(), rtol=0, atol=PARITY_TOLERANCE)
+    np.testing.assert_allclose(got_carry, expected_carry.numpy(), rtol=0, atol=PARITY_TOLERANCE)
     # The offsets reach the positional encoding inside the graph: moving them moves the output.
-    assert np.abs(run(offsets + 1) - got).max() > 1e-3
+    assert np.abs(run(offsets + 1)[0] - got).max() > 1e-3
 
 
 def test_metadata_round_trip(
@@ -127,7 +141,7 @@ def test_metadata_round_trip(
     assert graph.input[0].type.tensor_type.shape.dim[1].dim_param == "samples"
     assert graph.output[0].type.tensor_type.shape.dim[1].dim_param == "frames"
     graph = onnx.load(str(exported.stream_window)).graph
-    names = ["wave", "style", "frame_offset", *identity_names(tiny_config)]
+    names = ["wave", "style", "frame_offset", "carry", "fresh_start", *identity_names(tiny_config)]
     assert [value.name for value in graph.input] == names
     for value in [*graph.input, *graph.output]:
         assert value.type.tensor_type.shape.dim[0].dim_param == "batch"

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from export.backends.base import BackendName, Identity, ModelSpec
+from export.backends.base import BackendName, Carry, Identity, ModelSpec, WindowOutput
 from models.config import preset_config
 from models.streaming import StreamWindow
 from pmmtalk.animate import Animator
@@ -61,7 +61,8 @@ class FakeBackend:
         identities: Sequence[Identity],
         styles: np.ndarray,
         frame_offsets: np.ndarray,
-    ) -> np.ndarray:
+        carries: Sequence[Carry | None] | None = None,
+    ) -> WindowOutput:
         with self._lock:
             self.running += 1
             self.calls += 1
@@ -75,7 +76,13 @@ class FakeBackend:
                 self.release.wait(0.05)
             frames = self.spec.window.window_frames
             out = np.broadcast_to(frame_offsets[:, None, None], (len(waves), frames, 32))
-            return out.astype(np.float32)
+            # The next carry counts the windows of its stream: one more than the carry given.
+            given = [-1.0 if c is None else float(c[0, 0]) for c in carries or [None] * len(waves)]
+            carried = np.array(given, dtype=np.float32)[:, None, None] + 1.0
+            return WindowOutput(
+                out.astype(np.float32),
+                np.broadcast_to(carried, (len(waves), *self.spec.carry_shape)).copy(),
+            )
         finally:
             with self._lock:
                 self.running -= 1
@@ -91,14 +98,14 @@ def make_engine(backend: FakeBackend, max_batch_size: int = 1) -> InferenceEngin
 
 
 async def submit(engine: InferenceEngine, offsets: list[int]) -> list[np.ndarray]:
+    """One window per offset, each starting its own stream; their frames."""
     identity = await engine.identity(None)
     style = engine.animator.style_vector(None)
     wave = np.zeros(engine.window.window_samples, dtype=np.float32)
-    return list(
-        await asyncio.gather(
-            *(engine.submit_window(wave, identity, style, offset) for offset in offsets)
-        )
+    results = await asyncio.gather(
+        *(engine.submit_window(wave, identity, style, offset, None) for offset in offsets)
     )
+    return [result.frames for result in results]
 
 
 def test_a_concurrent_backend_gets_two_batches_at_once() -> None:
@@ -168,7 +175,7 @@ def test_closing_fails_the_windows_still_being_computed() -> None:
         identity = await engine.identity(None)
         style = engine.animator.style_vector(None)
         wave = np.zeros(engine.window.window_samples, dtype=np.float32)
-        future = engine.submit_window(wave, identity, style, 0)
+        future = engine.submit_window(wave, identity, style, 0, None)
         while backend.running == 0:
             await asyncio.sleep(0.01)
         # close() waits for the worker thread; let the call finish a moment after it began.
@@ -183,3 +190,27 @@ def test_closing_fails_the_windows_still_being_computed() -> None:
     failure = asyncio.run(scenario())
     assert isinstance(failure, EngineClosedError)
     assert backend.running == 0
+
+
+def test_each_window_gets_its_own_carry_back() -> None:
+    backend = FakeBackend(concurrent_calls=1)
+    engine = make_engine(backend, max_batch_size=4)
+
+    async def scenario() -> list[float]:
+        engine._task = asyncio.create_task(engine._batch_loop())
+        try:
+            identity = await engine.identity(None)
+            style = engine.animator.style_vector(None)
+            wave = np.zeros(engine.window.window_samples, dtype=np.float32)
+            shape = backend.spec.carry_shape
+            carries = [None, np.full(shape, 4.0, np.float32), np.full(shape, 9.0, np.float32)]
+            results = await asyncio.gather(
+                *(engine.submit_window(wave, identity, style, 0, c) for c in carries)
+            )
+            return [float(result.carry[0, 0]) for result in results]
+        finally:
+            await engine.close()
+
+    # One batch of three: the fake numbers each stream's windows, so each carry came back to
+    # the window that sent its predecessor's.
+    assert asyncio.run(scenario()) == [0.0, 5.0, 10.0]

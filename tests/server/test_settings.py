@@ -109,6 +109,10 @@ def test_a_zero_hop_is_refused() -> None:
         ({"limits": {"max_audio_s": 0}}, "max_audio_s"),
         ({"batch": {"max_batch_size": 0}}, "max_batch_size"),
         ({"stream": {"idle_timeout_s": -1}}, "idle_timeout_s"),
+        # A window needs left context to carry per-frame work from its predecessor.
+        ({"stream": {"left_context_s": 0.1}}, "left_context_s"),
+        # A setting that no longer exists (windows of a session now run one after another).
+        ({"stream": {"max_inflight_windows": 4}}, "max_inflight_windows"),
         # A misspelt setting inside a section is an error, not silently ignored.
         ({"limits": {"max_sesions": 1}}, "max_sesions"),
     ],

@@ -97,13 +97,18 @@ def test_stream_windows_match(
     faces = [identities[0], identities[1], identities[0]]
     styles = np.stack([spec.style_table[0], spec.mean_style, spec.style_table[2]])
     offsets = np.array([-spec.window.left_frames, 0, 1_234], dtype=np.int64)
-    expected = torch_backend.stream_windows(waves, faces, styles, offsets)
-    got = backend.stream_windows(waves, faces, styles, offsets)
-    assert got.shape == (3, spec.window.window_frames, 32)
-    assert _max_diff(got, expected) <= tolerance
+    # The first starts its stream; the others carry features (random ones, as a test input).
+    carried = (0.5 * rng.standard_normal((2, *spec.carry_shape))).astype(np.float32)
+    carries = [None, carried[0], carried[1]]
+    expected = torch_backend.stream_windows(waves, faces, styles, offsets, carries)
+    got = backend.stream_windows(waves, faces, styles, offsets, carries)
+    assert got.frames.shape == (3, spec.window.window_frames, 32)
+    assert got.carries.shape == (3, *spec.carry_shape)
+    assert _max_diff(got.frames, expected.frames) <= tolerance
+    assert _max_diff(got.carries, expected.carries) <= tolerance
     # Each window is its own: running one alone gives what it got inside the batch.
-    alone = backend.stream_windows(waves[1:2], faces[1:2], styles[1:2], offsets[1:2])
-    assert _max_diff(alone, got[1:2]) <= tolerance
+    alone = backend.stream_windows(waves[1:2], faces[1:2], styles[1:2], offsets[1:2], carries[1:2])
+    assert _max_diff(alone.frames, got.frames[1:2]) <= tolerance
 
 
 def test_animator_matches_on_every_backend(

@@ -58,8 +58,10 @@ def test_windows_follow_the_spec_window(tiny_model: PMMTalk, identities: list[Id
     backend = TorchBackend(tiny_model, name="tiny:short", window=window)
     waves = np.zeros((2, window.window_samples), np.float32)
     styles = np.stack([backend.spec.mean_style] * 2)
-    frames = backend.stream_windows(waves, identities, styles, np.array([0, 24], np.int64))
+    output = backend.stream_windows(waves, identities, styles, np.array([0, 24], np.int64))
+    frames = output.frames
     assert frames.shape == (2, window.window_frames, 32)
+    assert output.carries.shape == (2, *backend.spec.carry_shape)
     # The clock offset moves the decoder's positional encoding, so the same audio differs.
     assert not np.allclose(frames[0], frames[1])
     with pytest.raises(ValueError, match="need one identity per window"):
