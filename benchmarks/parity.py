@@ -137,11 +137,14 @@ def main(
     joined: Annotated[int, typer.Option(help="Joined corpus clips to add.")] = 6,
     per_clip: Annotated[int, typer.Option(help="Utterances per joined clip.")] = 4,
     backend: Annotated[str, typer.Option(help="The server's backend.")] = "auto",
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="The server's model (default: the bundled one).")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Folder for parity.md and parity.json.")] = None,
 ) -> None:
     """Compare each clip's streamed frames with its /animate frames."""
     chosen = list(clips or DEFAULT_CLIPS)
-    options = ServeOptions(backend=backend)
+    options = ServeOptions(backend=backend, checkpoint=checkpoint)
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -160,6 +163,7 @@ def main(
         [str(c) for c in clips or []]
         + ([f"--corpus {corpus} --joined {joined} --per-clip {per_clip}"] if corpus else [])
         + ([f"--backend {backend}"] if backend != "auto" else [])
+        + ([f"--checkpoint {checkpoint}"] if checkpoint is not None else [])
     )
     text = markdown(rows, command.strip(), options.shown())
     typer.echo(text)

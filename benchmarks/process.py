@@ -58,12 +58,16 @@ class ServeOptions:
     lookahead_s: float | None = None
     max_batch_size: int | None = None
     max_wait_ms: float | None = None
+    checkpoint: Path | None = None
+    """A checkpoint directory; None = the bundled default model."""
 
     def command(self, port: int | str, executable: str | None = None) -> list[str]:
         """The command line, always on the loopback address: benchmarks never listen outside."""
         command = [executable or pmmtalk_executable(), "serve", "--host", "127.0.0.1"]
         command += ["--port", str(port), "--backend", self.backend]
         command += ["--max-sessions", str(self.max_sessions)]
+        if self.checkpoint is not None:
+            command += ["--checkpoint", str(self.checkpoint)]
         for flag in ("hop_s", "left_context_s", "lookahead_s", "max_batch_size", "max_wait_ms"):
             value = getattr(self, flag)
             if value is not None:
