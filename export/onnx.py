@@ -115,16 +115,23 @@ if f"{DftLogMel.__module__}.{DftLogMel.__qualname__}" != FRONT_END_CLASS:
 
 @contextmanager
 def _dft_front_end(model: PMMTalk) -> Iterator[None]:
-    """Swap ``model.mel`` for `DftLogMel` while the speech graphs are traced.
+    """Swap ``model.mel`` for `DftLogMel` while the speech graphs are traced, and trace
+    PyTorch's plain transformer layers.
 
     Swapped in place and back rather than copying the model, which would double its memory.
+    In eval mode `nn.TransformerEncoderLayer` takes a fused "fast path" when given an attention
+    mask (the banded image encoder does), an operator the ONNX exporter cannot translate; the
+    plain path computes the same.
     """
     original = model.mel
+    fast_path = torch.backends.mha.get_fastpath_enabled()
     model.mel = DftLogMel().to(original.mel_basis.device)
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         yield
     finally:
         model.mel = original
+        torch.backends.mha.set_fastpath_enabled(fast_path)
 
 
 class FaceEncoder(nn.Module):

@@ -123,6 +123,11 @@ class ImageEncoderConfig:
     num_heads: int = 8
     intermediate_size: int = 2048
     dropout: float = 0.1
+    attention_span_s: tuple[float, float] | None = None
+    """(left, right) seconds each transformer layer attends around a frame; None = the whole
+    clip. The lite preset keeps None: a model trained with (0.5, 0.1) here and 0.3 s in the
+    decoder streamed closer to the offline path but scored worse with a photo reference
+    (docs/evaluation.md, "Banded image encoder and decoder")."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +157,9 @@ class DecoderConfig:
     num_styles: int = 20
     """Rows in the per-subject style table (3D-CAVFA has 20 speakers)."""
     style_dim: int = STYLE_DIM
+    attention_span_s: float | None = None
+    """Seconds back each decoder attention reaches (both are causal); None = every earlier
+    frame of the clip (the lite preset's choice; see ImageEncoderConfig.attention_span_s)."""
 
 
 @dataclass(frozen=True)

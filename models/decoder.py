@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.blendshapes import NUM_BLENDSHAPES
+from models.blendshapes import FPS, NUM_BLENDSHAPES
 from models.config import DecoderConfig
+from models.local_attention import band_bias
 
 
 def periodic_positional_encoding(
@@ -180,6 +181,9 @@ class FusionDecoder(nn.Module):
         x = x + (ppe if ppe.dim() == 3 else ppe[None])
         alibi = alibi_causal_bias(frames, self.slopes).to(x)  # (H, T, T)
         causal = causal_mask(frames, x.device).to(x)[None]  # (1, T, T)
+        if self.cfg.attention_span_s is not None:  # nothing further back than the span
+            band = band_bias(frames, round(self.cfg.attention_span_s * FPS), frames, x)[0]
+            alibi, causal = alibi + band, causal + band  # band (1, T, T)
         for layer in self.layers:
             x = layer(x, alibi, causal)
         return self.head(self.norm(x))  # (B, T, 32)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from models.blendshapes import FPS
 from models.config import ImageEncoderConfig
+from models.local_attention import band_bias
 
 # Kernel of the depthwise temporal convolution that gives the transformer relative positions.
 POSITION_KERNEL_FRAMES = 9
@@ -84,4 +86,10 @@ class ImageEncoder(nn.Module):
     def sequence(self, x: Tensor) -> Tensor:
         """The part across frames: per-frame features (B, T, hidden) -> image features."""
         x = x + self.position(x.transpose(1, 2)).transpose(1, 2)
-        return self.norm(self.transformer(x))  # (B, T, hidden)
+        mask = None
+        if self.cfg.attention_span_s is not None:  # a band around each frame (streamable)
+            left, right = (round(s * FPS) for s in self.cfg.attention_span_s)
+            mask = band_bias(x.shape[1], left, right, x)[0, 0]  # (T, T) additive
+        # is_causal given: else PyTorch compares the mask with a causal one, a data-dependent
+        # check that torch.export (the ONNX export) cannot trace.
+        return self.norm(self.transformer(x, mask=mask, is_causal=False))  # (B, T, hidden)

@@ -1,4 +1,5 @@
-"""Banded (local) self-attention for the wav2vec 2.0 transformers of the audio and text branches.
+"""Banded (local) self-attention for the wav2vec 2.0 transformers of the audio and text branches
+(and the band mask the image encoder and the decoder use too).
 
 With full attention every latent frame attends to the whole clip, so a frame's features depend
 on audio seconds away: the streaming engine, which sees only a window, then answers differently

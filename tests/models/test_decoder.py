@@ -16,7 +16,7 @@ from models.decoder import (
 DIMS = {"image_dim": 12, "text_dim": 7, "audio_dim": 10}
 
 
-def make_decoder(**overrides: int) -> FusionDecoder:
+def make_decoder(**overrides: float) -> FusionDecoder:
     cfg = DecoderConfig(
         modality_dim=8,
         d_model=16,
@@ -25,7 +25,7 @@ def make_decoder(**overrides: int) -> FusionDecoder:
         intermediate_size=32,
         dropout=0.0,
         num_styles=3,
-        **overrides,
+        **overrides,  # type: ignore[arg-type]
     )
     torch.manual_seed(0)
     return FusionDecoder(cfg, **DIMS).eval()
@@ -69,6 +69,28 @@ def test_prefix_run_equals_full_run_prefix() -> None:
         full = decoder(image, text, audio, style)
         prefix = decoder(image[:, :6], text[:, :6], audio[:, :6], style)
     torch.testing.assert_close(prefix, full[:, :6], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("span_s", [None, 0.1])
+def test_a_span_bounds_how_far_back_a_frame_reads(span_s: float | None) -> None:
+    """With a span of 3 frames, four stacked attentions reach 12 frames back and no further;
+    without one, a frame reads the whole past."""
+    decoder = make_decoder() if span_s is None else make_decoder(attention_span_s=span_s)
+    frames, frame = 30, 25
+    image, text, audio = features(frames)
+    style = decoder.style_vector(0, 1)
+    with torch.no_grad():
+        base = decoder(image, text, audio, style)
+        changed = [x.clone() for x in (image, text, audio)]
+        for x in changed:
+            x[:, : frame - 12] = torch.randn_like(x[:, : frame - 12]) * 5
+        out = decoder(*changed, style)
+    moved = (out[:, frame] - base[:, frame]).abs().max().item()
+    if span_s is None:
+        assert moved > 1e-4
+    else:
+        assert moved < 1e-6
+        assert (out[:, : frame - 12] - base[:, : frame - 12]).abs().max() > 1e-3
 
 
 def test_alibi_bias_weights_nearby_frames_more() -> None:
