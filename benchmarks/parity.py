@@ -140,11 +140,22 @@ def main(
     checkpoint: Annotated[
         Path | None, typer.Option(help="The server's model (default: the bundled one).")
     ] = None,
+    left_context_s: Annotated[
+        float | None, typer.Option(help="The server's window left context (default its own).")
+    ] = None,
+    lookahead_s: Annotated[
+        float | None, typer.Option(help="The server's window lookahead (default its own).")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Folder for parity.md and parity.json.")] = None,
 ) -> None:
     """Compare each clip's streamed frames with its /animate frames."""
     chosen = list(clips or DEFAULT_CLIPS)
-    options = ServeOptions(backend=backend, checkpoint=checkpoint)
+    options = ServeOptions(
+        backend=backend,
+        checkpoint=checkpoint,
+        left_context_s=left_context_s,
+        lookahead_s=lookahead_s,
+    )
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -164,6 +175,8 @@ def main(
         + ([f"--corpus {corpus} --joined {joined} --per-clip {per_clip}"] if corpus else [])
         + ([f"--backend {backend}"] if backend != "auto" else [])
         + ([f"--checkpoint {checkpoint}"] if checkpoint is not None else [])
+        + ([f"--left-context-s {left_context_s}"] if left_context_s is not None else [])
+        + ([f"--lookahead-s {lookahead_s}"] if lookahead_s is not None else [])
     )
     text = markdown(rows, command.strip(), options.shown())
     typer.echo(text)
