@@ -43,18 +43,22 @@ def test_output_shape() -> None:
     assert out.shape == (1, 9, 32)
 
 
-def test_decoder_is_causal() -> None:
-    """Changing the inputs after frame t leaves every output up to t unchanged."""
-    decoder = make_decoder()
-    frames, cut = 20, 11
+@torch.no_grad()
+def with_noise_in(decoder: FusionDecoder, frames: int, region: slice) -> tuple[torch.Tensor, ...]:
+    """(outputs, outputs after every input in ``region`` of the frames became loud noise)."""
     image, text, audio = features(frames)
     style = decoder.style_vector(0, 1)
-    with torch.no_grad():
-        base = decoder(image, text, audio, style)
-        changed = [x.clone() for x in (image, text, audio)]
-        for x in changed:
-            x[:, cut + 1 :] = torch.randn_like(x[:, cut + 1 :]) * 5
-        out = decoder(*changed, style)
+    base = decoder(image, text, audio, style)
+    changed = [x.clone() for x in (image, text, audio)]
+    for x in changed:
+        x[:, region] = torch.randn_like(x[:, region]) * 5
+    return base, decoder(*changed, style)
+
+
+def test_decoder_is_causal() -> None:
+    """Changing the inputs after frame t leaves every output up to t unchanged."""
+    cut = 11
+    base, out = with_noise_in(make_decoder(), 20, slice(cut + 1, None))
     torch.testing.assert_close(out[:, : cut + 1], base[:, : cut + 1], rtol=0, atol=1e-6)
     # The future did change, so the check above is not vacuous.
     assert (out[:, cut + 1 :] - base[:, cut + 1 :]).abs().max() > 1e-3
@@ -76,15 +80,8 @@ def test_a_span_bounds_how_far_back_a_frame_reads(span_s: float | None) -> None:
     """With a span of 3 frames, four stacked attentions reach 12 frames back and no further;
     without one, a frame reads the whole past."""
     decoder = make_decoder() if span_s is None else make_decoder(attention_span_s=span_s)
-    frames, frame = 30, 25
-    image, text, audio = features(frames)
-    style = decoder.style_vector(0, 1)
-    with torch.no_grad():
-        base = decoder(image, text, audio, style)
-        changed = [x.clone() for x in (image, text, audio)]
-        for x in changed:
-            x[:, : frame - 12] = torch.randn_like(x[:, : frame - 12]) * 5
-        out = decoder(*changed, style)
+    frame = 25
+    base, out = with_noise_in(decoder, 30, slice(None, frame - 12))
     moved = (out[:, frame] - base[:, frame]).abs().max().item()
     if span_s is None:
         assert moved > 1e-4
