@@ -333,7 +333,7 @@ def export_stream_window(
     window (its ``carry`` row is then ignored: pass zeros), else 0; ``identity_0`` ..
     ``identity_k`` float32, each (B, ...) with the per-face shapes ``face_encoder.onnx`` gives
     (stack the sessions' cached pyramids along axis 0). Outputs ``blendshapes`` (B, Tw, 32)
-    float32, Tw = ``window.window_frames`` fixed (51 by default), unclipped, frames
+    float32, Tw = ``window.window_frames`` fixed (54 by default), unclipped, frames
     [left_frames, left_frames + hop_frames) being the ones a window emits; and ``carry_out``
     (B, C, D), to pass as the stream's next ``carry`` (see `models.streaming.window_step`).
     """

@@ -58,7 +58,10 @@ class StreamWindow:
     # the one `pmmtalk serve` looks for.
     left_context_s: float = 1.0
     hop_s: float = 0.4
-    lookahead_s: float = 0.3
+    lookahead_s: float = 0.4
+    """The bundled model's frames depend on about 0.4 s of later audio (its banded speech and
+    image encoders each reach 0.1 s ahead per layer, plus convolutions); at 0.3 s some stream
+    frames differed from `/animate` by up to 0.16 (docs/evaluation.md)."""
 
     def __post_init__(self) -> None:
         _units(self.left_context_s, "left_context_s", allow_zero=True)

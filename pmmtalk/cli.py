@@ -135,7 +135,7 @@ def serve(
         float | None, typer.Option(help="Stream left context in seconds (default 1.0).")
     ] = None,
     lookahead_s: Annotated[
-        float | None, typer.Option(help="Stream lookahead in seconds (default 0.3).")
+        float | None, typer.Option(help="Stream lookahead in seconds (default 0.4).")
     ] = None,
     max_batch_size: Annotated[
         int | None, typer.Option(help="Windows per backend call (default 8).")

@@ -100,7 +100,11 @@ def framewise_recipe() -> Recipe:
 
     From scratch on this corpus, CTC keeps most frames on blank within the time budget, even
     beside a frame-wise term; without it the posteriors name a phone at every frame (frame
-    accuracy on validation speech after 300 steps: 0.52 without CTC, 0.32 with it at 0.2)."""
+    accuracy on validation speech after 300 steps: 0.52 without CTC, 0.32 with it at 0.2).
+
+    The PMMTalk stage's trainer seed (batch order, dropout) is 1: with the banded lite preset,
+    seeds 0 and 1 reached validation ALE 1.740e-2 and 1.700e-2, and the bundled model is the
+    seed-1 run (docs/evaluation.md)."""
     base = ctc_recipe()
     return dataclasses.replace(
         base,
@@ -113,7 +117,7 @@ def framewise_recipe() -> Recipe:
             alignment_weight=1.0,
             ctc_weight=0.0,
         ),
-        trainer=dataclasses.replace(base.trainer, epochs=25),
+        trainer=dataclasses.replace(base.trainer, epochs=25, seed=1),
     )
 
 

@@ -58,13 +58,13 @@ def test_entry_is_where_the_server_looks(image: ModuleType, tmp_path: Path) -> N
     entry = image.entry_for(settings)
     digest = checkpoint_digest(DEFAULT_CHECKPOINT_DIR)
     # The server's window (1.0 s context, 0.4 s hop; StreamWindow()'s defaults).
-    assert entry == tmp_path / "exports" / f"{digest[:16]}-ctx1s-hop0.4s-la0.3s"
+    assert entry == tmp_path / "exports" / f"{digest[:16]}-ctx1s-hop0.4s-la0.4s"
     hop = ServerSettings(model={"cache_dir": tmp_path}, stream={"hop_s": 0.8})
-    assert image.entry_for(hop).name.endswith("ctx1s-hop0.8s-la0.3s")
+    assert image.entry_for(hop).name.endswith("ctx1s-hop0.8s-la0.4s")
 
 
 def test_engine_limits_cover_the_servers_longest_clip_and_batch(image: ModuleType) -> None:
-    # 120 s of audio + 1.0 s context + 0.3 s lookahead = 121.3 s, and the server wants the
+    # 120 s of audio + 1.0 s context + 0.4 s lookahead = 121.4 s, and the server wants the
     # clip strictly below the engine's length.
     assert image.engine_limits(ServerSettings()) == (123, 8)
     small = ServerSettings(limits={"max_audio_s": 30}, batch={"max_batch_size": 16})
@@ -104,9 +104,9 @@ def test_a_second_start_keeps_the_volumes_entry_and_its_engines(
     engines = cache / "exports" / baked.name / "tensorrt"
     engines.mkdir(parents=True)
     (engines / "engines.json").write_text("built on the first start")
-    (tmp_path / "baked" / "exports" / "0123456789abcdef-ctx1s-hop0.4s-la0.3s").mkdir()
+    (tmp_path / "baked" / "exports" / "0123456789abcdef-ctx1s-hop0.4s-la0.4s").mkdir()
 
-    assert image.seed(tmp_path / "baked", cache) == ["0123456789abcdef-ctx1s-hop0.4s-la0.3s"]
+    assert image.seed(tmp_path / "baked", cache) == ["0123456789abcdef-ctx1s-hop0.4s-la0.4s"]
     assert (engines / "engines.json").read_text() == "built on the first start"
     assert not (cache / "exports" / baked.name / "stream_window.onnx").exists()
     assert image.seed(tmp_path / "baked", cache) == []
@@ -136,7 +136,7 @@ def test_start_gpu_explains_a_window_with_no_baked_export(
     assert image.start_gpu(other, []) == 2
     assert calls["build"] == [] and calls["exec"] is None
     message = capsys.readouterr().err
-    assert "ctx1s-hop0.8s-la0.3s" in message and "docs/deploy.md" in message
+    assert "ctx1s-hop0.8s-la0.4s" in message and "docs/deploy.md" in message
 
 
 def test_export_takes_no_arguments(image: ModuleType) -> None:

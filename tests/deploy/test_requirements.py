@@ -295,4 +295,4 @@ def test_gpu_start_script_runs_without_torch(tmp_path: Path) -> None:
     )
     assert result.returncode == 2, result.stderr
     assert "no export of the model for this stream window" in result.stderr
-    assert "ctx1s-hop0.4s-la0.3s" in result.stderr
+    assert "ctx1s-hop0.4s-la0.4s" in result.stderr

@@ -99,9 +99,9 @@ def test_cache_root_and_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
     digest = "0123456789abcdef" * 4
     default = export_dir_for(digest, cache_dir=tmp_path)
-    assert default == tmp_path / "exports" / "0123456789abcdef-ctx1s-hop0.4s-la0.3s"
+    assert default == tmp_path / "exports" / "0123456789abcdef-ctx1s-hop0.4s-la0.4s"
     other = export_dir_for(digest, StreamWindow(left_context_s=1.5, hop_s=0.2), cache_dir=tmp_path)
-    assert other.name == "0123456789abcdef-ctx1.5s-hop0.2s-la0.3s"
+    assert other.name == "0123456789abcdef-ctx1.5s-hop0.2s-la0.4s"
 
 
 def test_an_export_is_cached_with_its_manifest(

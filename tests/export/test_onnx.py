@@ -58,7 +58,7 @@ def test_parity_with_pytorch_over_clip_lengths_and_window_batches(
     windows = [r for r in results if r.graph == STREAM_WINDOW_FILE]
     assert [r.samples for r in speech] == list(lengths)
     assert [r.frames for r in speech] == [num_frames(n, 16_000) for n in lengths]
-    assert [(r.batch, r.samples, r.frames) for r in windows] == [(1, 27_200, 51), (3, 27_200, 51)]
+    assert [(r.batch, r.samples, r.frames) for r in windows] == [(1, 28_800, 54), (3, 28_800, 54)]
     assert all(r.passed for r in results)
     assert max(r.max_abs_error for r in results) <= PARITY_TOLERANCE
 
@@ -150,7 +150,8 @@ def test_metadata_round_trip(
     wave_dims = graph.input[0].type.tensor_type.shape.dim
     assert wave_dims[1].dim_value == StreamWindow().window_samples
     assert graph.input[2].type.tensor_type.elem_type == onnx.TensorProto.INT64
-    assert graph.output[0].type.tensor_type.shape.dim[1].dim_value == 51
+    frames = graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    assert frames == StreamWindow().window_frames == 54
     # The STFT operator is gone: the front end is a convolution (see DftLogMel).
     assert "STFT" not in {node.op_type for node in graph.node}
 

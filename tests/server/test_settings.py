@@ -28,7 +28,7 @@ def test_defaults() -> None:
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
     assert settings.model.backend == "auto"
     assert settings.model.checkpoint is None and settings.model.export_dir is None
-    assert settings.stream.window() == StreamWindow(1.0, 0.4, 0.3)
+    assert settings.stream.window() == StreamWindow(1.0, 0.4, 0.4)
     assert settings.batch.max_batch_size >= 1
     assert settings.limits.max_sessions == 32
     assert settings.limits.max_upload_bytes == 50_000_000
@@ -55,7 +55,7 @@ def test_nested_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PMMTALK_SECURITY__ALLOWED_ORIGINS", '["https://app.example"]')
     settings = ServerSettings()
     assert settings.stream.hop_s == 0.2
-    assert settings.stream.window() == StreamWindow(1.5, 0.2, 0.3)
+    assert settings.stream.window() == StreamWindow(1.5, 0.2, 0.4)
     assert settings.batch.max_batch_size == 16
     assert settings.limits.max_sessions == 3
     assert settings.limits.max_audio_s == 120.0  # the section's other fields keep defaults

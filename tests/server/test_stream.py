@@ -17,7 +17,7 @@ RATE_HZ = 16_000
 FPS = 30
 WINDOW_IDS = ["default", "no-lookahead", "no-left-context"]
 WINDOWS = [
-    StreamWindow(1.0, 0.4, 0.3),  # the server's default
+    StreamWindow(1.0, 0.4, 0.4),  # the server's default
     StreamWindow(0.2, 0.1, 0.0),  # no lookahead
     StreamWindow(0.0, 0.2, 0.1),  # no left context
 ]
