@@ -126,7 +126,7 @@ class ImageEncoderConfig:
     attention_span_s: tuple[float, float] | None = None
     """(left, right) seconds each transformer layer attends around a frame; None = the whole
     clip, which no stream window holds. The lite preset sets (0.5, 0.1)
-    (`LITE_IMAGE_ATTENTION_SPAN_S`)."""
+    (`LITE_ATTENTION_SPAN_S`, as for its speech encoders)."""
 
 
 @dataclass(frozen=True)
@@ -253,16 +253,13 @@ def paper_config() -> PMMTalkConfig:
 LITE_ATTENTION_SPAN_S: tuple[float, float] = (0.5, 0.1)
 """Seconds before and after a frame each lite speech-transformer layer attends to. With full
 attention a frame's features moved by a third when the clip around it changed, so stream windows
-disagreed with the offline path; with this band they agree (docs/model.md)."""
-
-LITE_IMAGE_ATTENTION_SPAN_S: tuple[float, float] = (0.5, 0.1)
-"""The same band for the lite image encoder's transformer. With whole-clip attention there, and
-in the decoder, single stream frames still differed from `/animate` by up to 0.11; with both
-bands every frame of the parity clips is within 0.03 at a 0.4 s lookahead (docs/evaluation.md,
-"Banded image encoder and decoder")."""
+disagreed with the offline path; with this band they agree (docs/model.md). The lite image
+encoder's transformer uses the same band: with whole-clip attention there, and in the decoder,
+single stream frames still differed from `/animate` by up to 0.11; with both bands every frame
+of the parity clips is within 0.031 at a 0.4 s lookahead (docs/evaluation.md)."""
 
 LITE_DECODER_ATTENTION_SPAN_S: float = 0.3
-"""Seconds back each lite decoder attention reaches (see LITE_IMAGE_ATTENTION_SPAN_S)."""
+"""Seconds back each lite decoder attention reaches (see LITE_ATTENTION_SPAN_S)."""
 
 
 def lite_config() -> PMMTalkConfig:
@@ -314,7 +311,7 @@ def lite_config() -> PMMTalkConfig:
             num_layers=2,
             num_heads=4,
             intermediate_size=256,
-            attention_span_s=LITE_IMAGE_ATTENTION_SPAN_S,
+            attention_span_s=LITE_ATTENTION_SPAN_S,
         ),
         alignment=AlignmentConfig(dim=128),
         decoder=DecoderConfig(
