@@ -11,7 +11,9 @@ Exporter: ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript). It fol
 symbolic sample count through the integer frame arithmetic, so the frame count, padding, mel
 windows and 50 Hz -> 30 fps interpolation are all computed inside the graph from the wave length.
 The log-mel front end is exported through `DftLogMel`, which computes the STFT as a convolution
-rather than ONNX's STFT operator (see there why).
+rather than ONNX's STFT operator (see there why), and the generator through
+`export.generator.SkipSplitWav2Lip`, which adds each identity skip's share of the following layer
+once per face rather than once per frame.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from export.generator import SkipSplitWav2Lip
 from export.graphs import (
     DEFAULT_WINDOW,
     FRONT_END_CLASS,
@@ -114,23 +117,27 @@ if f"{DftLogMel.__module__}.{DftLogMel.__qualname__}" != FRONT_END_CLASS:
 
 
 @contextmanager
-def _dft_front_end(model: PMMTalk) -> Iterator[None]:
-    """Swap ``model.mel`` for `DftLogMel` while the speech graphs are traced, and trace
-    PyTorch's plain transformer layers.
+def _speech_graph_stand_ins(model: PMMTalk) -> Iterator[None]:
+    """Trace the speech graphs with their export stand-ins in place, and with PyTorch's plain
+    transformer layers.
 
-    Swapped in place and back rather than copying the model, which would double its memory.
-    In eval mode `nn.TransformerEncoderLayer` takes a fused "fast path" when given an attention
-    mask (the banded image encoder does), an operator the ONNX exporter cannot translate; the
-    plain path computes the same.
+    ``model.mel`` becomes `DftLogMel` (ONNX Runtime's STFT is too inexact) and
+    ``model.generator`` becomes `export.generator.SkipSplitWav2Lip` (each identity skip's share
+    of the next layer computed once per face instead of once per frame). Both compute the same
+    function as the modules they stand in for. Swapped in place and back rather than copying the
+    model, which would double its memory. In eval mode `nn.TransformerEncoderLayer` takes a
+    fused "fast path" when given an attention mask (the banded image encoder does), an operator
+    the ONNX exporter cannot translate; the plain path computes the same.
     """
-    original = model.mel
+    mel, generator = model.mel, model.generator
     fast_path = torch.backends.mha.get_fastpath_enabled()
-    model.mel = DftLogMel().to(original.mel_basis.device)
+    model.mel = DftLogMel().to(mel.mel_basis.device)
+    model.generator = SkipSplitWav2Lip(generator)
     torch.backends.mha.set_fastpath_enabled(False)
     try:
         yield
     finally:
-        model.mel = original
+        model.mel, model.generator = mel, generator
         torch.backends.mha.set_fastpath_enabled(fast_path)
 
 
@@ -297,7 +304,7 @@ def export_speech_to_frames(model: PMMTalk, path: str | Path) -> Path:
     names = identity_names(cfg)
     identity = [t.detach() for t in model.encode_face(_face_input(cfg))]
     dynamic_shapes: tuple[Any, ...] = ({1: torch.export.Dim.DYNAMIC}, None, [None] * len(identity))
-    with torch.no_grad(), _dft_front_end(model):
+    with torch.no_grad(), _speech_graph_stand_ins(model):
         torch.onnx.export(
             SpeechToFrames(model).eval(),
             (torch.randn(1, 16_000), torch.randn(1, cfg.decoder.style_dim), identity),
@@ -366,7 +373,7 @@ def export_stream_window(
     )
     inputs = ["wave", "style", "frame_offset", "carry", "fresh_start", *names]
     outputs = ["blendshapes", "carry_out"]
-    with torch.no_grad(), _dft_front_end(model):
+    with torch.no_grad(), _speech_graph_stand_ins(model):
         torch.onnx.export(
             StreamWindowGraph(model, window).eval(),
             example,
