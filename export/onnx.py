@@ -10,8 +10,8 @@ its window lengths (``stream_window``: `StreamWindow.to_dict` as JSON).
 Exporter: ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript). It follows the
 symbolic sample count through the integer frame arithmetic, so the frame count, padding, mel
 windows and 50 Hz -> 30 fps interpolation are all computed inside the graph from the wave length.
-The log-mel front end is exported through `DftLogMel`, which computes the STFT as a convolution
-rather than ONNX's STFT operator (see there why), and the generator through
+The log-mel front end is exported through `DftLogMel`, which computes the STFT as a two-stage DFT
+of matrix products rather than ONNX's STFT operator (see there why), and the generator through
 `export.generator.SkipSplitWav2Lip`, which adds each identity skip's share of the following layer
 once per face rather than once per frame.
 """
@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import onnx
@@ -70,42 +70,98 @@ def identity_names(cfg: PMMTalkConfig) -> list[str]:
     return [f"identity_{i}" for i in range(len(cfg.wav2lip.face_stages) + 2)]
 
 
+DFT_OUTER: Final = 32
+"""The 800-point DFT as 32 x 25: sample n = 25 n1 + n2 (n1 < 32), bin k = k1 + 32 k2 (k1 < 32)."""
+DFT_INNER: Final = N_FFT // DFT_OUTER
+
+
 class DftLogMel(LogMelSpectrogram):
-    """Export stand-in for `LogMelSpectrogram`: the same function, with its STFT computed as a
-    strided 1-D convolution whose kernels are the Hann-windowed DFT basis.
+    """Export stand-in for `LogMelSpectrogram`: the same function, with the STFT computed as a
+    two-stage (Cooley-Tukey) DFT of matrix products rather than by ``torch.stft``.
 
     Why: ONNX Runtime's STFT kernel is much less exact than ``torch.stft``. On 7 s of noise its
     normalised log-mel is up to 3e-3 from float64, against 7e-6 for torch in fp32, which alone
-    breaks the 1e-4 parity of the coefficients. The basis here is computed in float64 with k*n
-    reduced modulo N before the sine and cosine, and the convolution lands within 3e-6 of
-    float64. It costs 800 x 802 MACs per mel frame (51 M per second of audio).
+    breaks the 1e-4 parity of the coefficients. Here every basis is computed in float64 with the
+    angles' integer products reduced modulo their period before the sine and cosine; the result
+    lands within 1e-5 of float64 under ONNX Runtime.
+
+    The 800 samples of a frame split as n = 25 n1 + n2 and the bins as k = k1 + 32 k2:
+
+        X[k1 + 32 k2] = sum_n2 exp(-2 pi i (k1 + 32 k2) n2 / 800)
+                        * sum_n1 w x[25 n1 + n2] exp(-2 pi i k1 n1 / 32)
+
+    The inner sums are two matrix products over n1 (real and imaginary parts), the outer ones a
+    batched product over n2 for each k1. Only the bins the mel filterbank uses (3 to 379 of
+    0..400) are computed, so k2 < 12. About 90 k MACs per mel frame against 640 k for a direct
+    DFT, and the frames are cut from 200-sample blocks (a frame is 4 hops) with reshapes and
+    slices: under ONNX Runtime on 2 cores the front end of a 10 s clip takes about 7 ms instead
+    of the 13 ms of the direct DFT as a strided convolution.
 
     wave (B, S) float32 at 16 kHz -> (B, 80, S // 200 + 1), as `LogMelSpectrogram`.
     """
 
-    dft_basis: Tensor
+    window_grid: Tensor
+    inner_cos: Tensor
+    inner_sin: Tensor
+    outer_from_real: Tensor
+    outer_from_imag: Tensor
+    mel_grid: Tensor
 
     def __init__(self) -> None:
         super().__init__()
-        n = np.arange(N_FFT)
-        k = np.arange(N_FFT // 2 + 1)
-        angle = 2 * np.pi * ((k[:, None] * n[None, :]) % N_FFT) / N_FFT  # (401, 800)
-        window = self.window.double().numpy()  # (800,) the periodic Hann window torch.stft uses
-        basis = np.concatenate([np.cos(angle) * window, -np.sin(angle) * window])  # (802, 800)
-        self.register_buffer(
-            "dft_basis", torch.from_numpy(basis[:, None, :]).float(), persistent=False
-        )  # (802, 1, 800): real parts, then imaginary parts
+        if N_FFT % HOP_SAMPLES or HOP_SAMPLES % DFT_INNER:
+            raise ValueError("frames must be whole hops, and hops whole rows of the inner DFT")
+        mel = self.mel_basis.double().numpy()  # (80, 401)
+        self.outer_bins = int(np.nonzero(mel.any(axis=0))[0].max()) // DFT_OUTER + 1  # 12
+        n1 = k1 = np.arange(DFT_OUTER)
+        n2, k2 = np.arange(DFT_INNER), np.arange(self.outer_bins)
+        inner = 2 * np.pi * ((k1[:, None] * n1[None, :]) % DFT_OUTER) / DFT_OUTER  # (k1, n1)
+        bins = k1[:, None] + DFT_OUTER * k2[None, :]  # (k1, k2): k
+        outer = 2 * np.pi * ((bins[:, None, :] * n2[None, :, None]) % N_FFT) / N_FFT
+        cos, sin = np.cos(outer), np.sin(outer)  # (k1, n2, k2)
+        # (a + ib) e^{-i t} = (a cos t + b sin t) + i (b cos t - a sin t); columns [real | imag].
+        from_real = np.concatenate([cos, -sin], axis=2)  # (k1, n2, 2 k2)
+        from_imag = np.concatenate([sin, cos], axis=2)
+        grid = np.zeros((mel.shape[0], DFT_OUTER, self.outer_bins))  # (80, k1, k2)
+        inside = bins <= N_FFT // 2
+        grid[:, inside] = mel[:, bins[inside]]
+        window = self.window.double().numpy().reshape(DFT_OUTER, 1, 1, DFT_INNER)  # (n1,1,1,n2)
+
+        def buffer(name: str, array: np.ndarray) -> None:
+            tensor = torch.from_numpy(np.ascontiguousarray(array)).float()
+            self.register_buffer(name, tensor, persistent=False)
+
+        buffer("window_grid", window)
+        buffer("inner_cos", np.cos(inner))
+        buffer("inner_sin", -np.sin(inner))
+        buffer("outer_from_real", from_real)
+        buffer("outer_from_imag", from_imag)
+        buffer("mel_grid", grid.reshape(mel.shape[0], -1))  # (80, k1 k2)
 
     def forward(self, wave: Tensor) -> Tensor:
         emphasised = torch.cat(
             [wave[:, :1], wave[:, 1:] - PREEMPHASIS * wave[:, :-1]], dim=1
         )  # (B, S)
-        # torch.stft(center=True, pad_mode="constant"): half an FFT of zeros on both sides.
-        padded = F.pad(emphasised[:, None], (N_FFT // 2, N_FFT // 2))  # (B, 1, S + 800)
-        spec = F.conv1d(padded, self.dft_basis, stride=HOP_SAMPLES)  # (B, 802, M)
-        bins = N_FFT // 2 + 1
-        magnitude = torch.sqrt(spec[:, :bins] ** 2 + spec[:, bins:] ** 2)  # (B, 401, M)
-        mel = torch.matmul(self.mel_basis, magnitude)  # (B, 80, M)
+        batch, samples = emphasised.shape
+        frames = samples // HOP_SAMPLES + 1  # M
+        hops = N_FFT // HOP_SAMPLES  # 4 hops per frame
+        # torch.stft(center=True, pad_mode="constant"): half an FFT of zeros on both sides;
+        # frame m is then hops m .. m + 3 of the padded wave.
+        padded = F.pad(emphasised, (N_FFT // 2, N_FFT // 2))[:, : (frames + hops - 1) * HOP_SAMPLES]
+        blocks = padded.reshape(batch, frames + hops - 1, HOP_SAMPLES // DFT_INNER, DFT_INNER)
+        blocks = blocks.permute(2, 0, 1, 3)  # (8, B, M + 3, 25): hop sample 25 r + n2
+        framed = torch.cat([blocks[:, :, j : j + frames] for j in range(hops)], dim=0)
+        x = (framed * self.window_grid).reshape(DFT_OUTER, -1)  # (n1 = 8 j + r, B M 25)
+        real = torch.matmul(self.inner_cos, x).reshape(DFT_OUTER, batch * frames, DFT_INNER)
+        imag = torch.matmul(self.inner_sin, x).reshape(DFT_OUTER, batch * frames, DFT_INNER)
+        spec = torch.matmul(real, self.outer_from_real) + torch.matmul(
+            imag, self.outer_from_imag
+        )  # (k1, B M, 2 k2)
+        count = self.outer_bins
+        magnitude = torch.sqrt(spec[..., :count] ** 2 + spec[..., count:] ** 2)  # (k1, BM, k2)
+        magnitude = magnitude.transpose(1, 2).reshape(DFT_OUTER * count, batch * frames)
+        mel = torch.matmul(self.mel_grid, magnitude)  # (80, B M)
+        mel = mel.reshape(-1, batch, frames).transpose(0, 1)  # (B, 80, M)
         floor = 10.0 ** (MIN_LEVEL_DB / 20.0)
         db = 20.0 * torch.log10(torch.clamp(mel, min=floor)) - REF_LEVEL_DB
         scaled = 2.0 * MAX_ABS_VALUE * (db - MIN_LEVEL_DB) / -MIN_LEVEL_DB - MAX_ABS_VALUE

@@ -152,7 +152,7 @@ def test_metadata_round_trip(
     assert graph.input[2].type.tensor_type.elem_type == onnx.TensorProto.INT64
     frames = graph.output[0].type.tensor_type.shape.dim[1].dim_value
     assert frames == StreamWindow().window_frames == 54
-    # The STFT operator is gone: the front end is a convolution (see DftLogMel).
+    # The STFT operator is gone: the front end is matrix products (see DftLogMel).
     assert "STFT" not in {node.op_type for node in graph.node}
 
 
