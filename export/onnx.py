@@ -42,6 +42,7 @@ from export.graphs import (
     STREAM_WINDOW_FILE,
     ExportedModel,
 )
+from export.translations import CUSTOM_TRANSLATIONS
 from models.blendshapes import num_frames
 from models.checkpoint import load_checkpoint
 from models.config import PMMTalkConfig
@@ -335,6 +336,7 @@ def export_face_encoder(model: PMMTalk, path: str | Path) -> Path:
             output_names=names,
             opset_version=OPSET_VERSION,
             dynamo=True,
+            custom_translation_table=CUSTOM_TRANSLATIONS,
             external_data=False,
             verbose=False,
         )
@@ -370,6 +372,7 @@ def export_speech_to_frames(model: PMMTalk, path: str | Path) -> Path:
             dynamic_shapes=dynamic_shapes,
             opset_version=OPSET_VERSION,
             dynamo=True,
+            custom_translation_table=CUSTOM_TRANSLATIONS,
             external_data=False,
             verbose=False,
         )
@@ -439,6 +442,7 @@ def export_stream_window(
             dynamic_shapes=dynamic_shapes,
             opset_version=OPSET_VERSION,
             dynamo=True,
+            custom_translation_table=CUSTOM_TRANSLATIONS,
             external_data=False,
             verbose=False,
         )
