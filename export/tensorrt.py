@@ -16,8 +16,8 @@ without a GPU. Inputs and outputs stay float32 (and int64), so callers never see
 
 The precision rule (`fp32_nodes`) keeps these nodes in fp32:
 
-0. the speech graphs' log-mel front end (`export.graphs.front_end_nodes`: a DFT done as a
-   strided convolution, magnitudes, the mel product and the log), for the reasons of rule 2;
+0. the speech graphs' log-mel front end (`export.graphs.front_end_nodes`: a DFT done as
+   matrix products, magnitudes, the mel product and the log), for the reasons of rule 2;
 1. ops whose result fp16 cannot hold (`FP32_OP_TYPES`): normalisations and every Reduce* (sums
    and variances over a whole axis overflow fp16's 65504 or lose the small variance), Softmax
    and LogSoftmax (``exp`` overflows above 11), the range-sensitive Pow, Sqrt, Reciprocal, Exp and
