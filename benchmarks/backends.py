@@ -5,9 +5,10 @@
 
 The lite preset runs the bundled default checkpoint; the paper preset runs randomly initialised
 weights of the paper's sizes (the time does not depend on the weights' values). Each figure is
-the median of several runs after a warm-up run, all measured in one process so the ratios between
-backends come from the same conditions. Results go to ``docs/benchmarks/backends.{json,md}``,
-stamped with the machine, the library versions and the git commit.
+the median of several runs after a warm-up run, all measured in one process with the backends
+timed in turn on the same inputs, so the ratios between backends come from the same minutes.
+Results go to ``docs/benchmarks/backends.{json,md}``, stamped with the machine, the library
+versions and the git commit.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 from benchmarks.machine import machine
 
 if TYPE_CHECKING:
+    from export.backends.base import Backend
     from models.streaming import StreamWindow
 
 logger = logging.getLogger(__name__)
@@ -62,13 +64,30 @@ class Timing:
 
 def median_time(run: Callable[[], object], repeats: int) -> tuple[float, float]:
     """(median, min) wall seconds of ``repeats`` calls of ``run`` after one warm-up call."""
-    run()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
+    ((median, least),) = interleaved_times([run], repeats)
+    return median, least
+
+
+def interleaved_times(
+    runs: Sequence[Callable[[], object]], repeats: int
+) -> list[tuple[float, float]]:
+    """(median, min) wall seconds of each of ``runs``, timed in turn.
+
+    Each run gets one warm-up call; then ``repeats`` rounds call every run once, starting one
+    run later each round. Timed in turn rather than one after the other, a slow spell of a
+    shared machine falls on every run alike, so their ratios hold even when the absolute
+    times drift.
+    """
+    for run in runs:
         run()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), min(times)
+    times: list[list[float]] = [[] for _ in runs]
+    for round_index in range(repeats):
+        for offset in range(len(runs)):
+            index = (round_index + offset) % len(runs)
+            started = time.perf_counter()
+            runs[index]()
+            times[index].append(time.perf_counter() - started)
+    return [(statistics.median(t), min(t)) for t in times]
 
 
 def repeats_for(seconds: float) -> int:
@@ -95,57 +114,85 @@ def checkpoint_for(preset: str, scratch: Path) -> Path:
     return folder
 
 
-def bench_backend(
+def bench_backends(
     preset: str,
-    backend_name: str,
+    names: Sequence[str],
     checkpoint: Path,
     clip_seconds: Sequence[float],
     stream_batches: Sequence[int],
     cache_dir: Path | None,
     window: StreamWindow | None = None,
-) -> list[Timing]:
-    """Time one backend on one preset; raises BackendUnavailableError where it cannot run.
-    ``window``: the stream window of the export to run (default `StreamWindow()`); clips take
-    the same time under any window, so passing the server's reuses the server's export."""
+) -> tuple[list[Timing], list[str]]:
+    """Time every backend of ``names`` present here on one preset; returns the timings and a
+    line for each backend that cannot run here.
+
+    The backends are timed in turn on the same inputs (`interleaved_times`), so the ratios
+    between them come from the same minutes. ``window``: the stream window of the export to run
+    (default `StreamWindow()`); clips take the same time under any window, so passing the
+    server's reuses the server's export.
+    """
+    from export.backends.base import BackendUnavailableError
     from export.backends.select import open_backend
 
-    backend = open_backend(backend_name, checkpoint, cache_dir=cache_dir, window=window)
-    timings: list[Timing] = []
+    backends: list[Backend] = []
+    skipped: list[str] = []
     try:
-        spec = backend.spec
-        rng = np.random.default_rng(0)
-        size = spec.config.wav2lip.img_size
-        identity = backend.encode_face(rng.random((3, size, size), dtype=np.float32))
-        style = spec.mean_style
-        for seconds in clip_seconds:
-            wave = (0.1 * rng.standard_normal(int(seconds * spec.config.sample_rate_hz))).astype(
-                np.float32
-            )
-            repeats = repeats_for(seconds)
-            median, least = median_time(
-                functools.partial(backend.speech_to_frames, wave, identity, style), repeats
-            )
-            timings.append(
-                Timing(
-                    preset, backend.name, backend.device, "clip", seconds, median, least, repeats
-                )
-            )
-            logger.info("%s %s clip %.0f s: %.4f s", preset, backend.name, seconds, median)
-        window = spec.window
-        for batch in stream_batches:
-            waves = (0.1 * rng.standard_normal((batch, window.window_samples))).astype(np.float32)
-            styles = np.repeat(style[None], batch, axis=0)
-            offsets = np.arange(batch, dtype=np.int64) * window.hop_frames
-            identities = [identity] * batch
-            median, least = median_time(
-                functools.partial(backend.stream_windows, waves, identities, styles, offsets), 7
-            )
-            timings.append(
-                Timing(preset, backend.name, backend.device, "stream", batch, median, least, 7)
-            )
-            logger.info("%s %s stream batch %d: %.4f s", preset, backend.name, batch, median)
+        for name in names:
+            try:
+                backends.append(open_backend(name, checkpoint, cache_dir=cache_dir, window=window))
+            except BackendUnavailableError as exc:
+                skipped.append(f"{preset}/{name}: {exc}")
+                logger.warning("skipping %s on %s: %s", name, preset, exc)
+        return _time_backends(preset, backends, clip_seconds, stream_batches), skipped
     finally:
-        backend.close()
+        for backend in backends:
+            backend.close()
+
+
+def _time_backends(
+    preset: str,
+    backends: Sequence[Backend],
+    clip_seconds: Sequence[float],
+    stream_batches: Sequence[int],
+) -> list[Timing]:
+    if not backends:
+        return []
+    spec = backends[0].spec
+    rng = np.random.default_rng(0)
+    size = spec.config.wav2lip.img_size
+    face = rng.random((3, size, size), dtype=np.float32)
+    identities = [backend.encode_face(face) for backend in backends]
+    style = spec.mean_style
+    timings: list[Timing] = []
+
+    def record(case: str, size: float, runs: list[Callable[[], object]], repeats: int) -> None:
+        for backend, (median, least) in zip(
+            backends, interleaved_times(runs, repeats), strict=True
+        ):
+            timing = Timing(
+                preset, backend.name, backend.device, case, size, median, least, repeats
+            )
+            timings.append(timing)
+            logger.info("%s %s %s %g: %.4f s", preset, backend.name, case, size, median)
+
+    for seconds in clip_seconds:
+        samples = int(seconds * spec.config.sample_rate_hz)
+        wave = (0.1 * rng.standard_normal(samples)).astype(np.float32)
+        runs: list[Callable[[], object]] = [
+            functools.partial(backend.speech_to_frames, wave, identity, style)
+            for backend, identity in zip(backends, identities, strict=True)
+        ]
+        record("clip", seconds, runs, repeats_for(seconds))
+    window = spec.window
+    for batch in stream_batches:
+        waves = (0.1 * rng.standard_normal((batch, window.window_samples))).astype(np.float32)
+        styles = np.repeat(style[None], batch, axis=0)
+        offsets = np.arange(batch, dtype=np.int64) * window.hop_frames
+        runs = [
+            functools.partial(backend.stream_windows, waves, [identity] * batch, styles, offsets)
+            for backend, identity in zip(backends, identities, strict=True)
+        ]
+        record("stream", batch, runs, 7)
     return timings
 
 
@@ -159,7 +206,8 @@ def markdown(timings: Sequence[Timing], info: dict[str, Any], window: dict[str, 
         f"- CPU: {info['cpu']}, {info['cores']} cores; GPU: {info['gpu'] or 'none'}",
         f"- Python {info['python']}, torch {info['torch']}, onnxruntime {info['onnxruntime']}",
         "- Median of several runs after a warm-up run (7 for 1 s clips and windows, 5 for 10 s,"
-        " 3 for 60 s). The paper preset runs random weights of its sizes.",
+        " 3 for 60 s), the backends timed in turn on the same inputs. The paper preset runs"
+        " random weights of its sizes.",
         "",
         "## Offline: whole clips",
         "",
@@ -264,7 +312,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    from export.backends.base import BackendUnavailableError
     from models.streaming import StreamWindow
 
     info = machine()
@@ -277,19 +324,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             seconds = [float(s) for s in clips.split(",") if s]
             batches = args.paper_stream_batches if paper else args.stream_batches
             checkpoint = checkpoint_for(preset, Path(scratch))
-            for name in (args.paper_backends if paper else args.backends).split(","):
-                try:
-                    timings += bench_backend(
-                        preset,
-                        name,
-                        checkpoint,
-                        seconds,
-                        [int(b) for b in batches.split(",") if b],
-                        args.cache_dir,
-                    )
-                except BackendUnavailableError as exc:
-                    skipped.append(f"{preset}/{name}: {exc}")
-                    logger.warning("skipping %s on %s: %s", name, preset, exc)
+            names = (args.paper_backends if paper else args.backends).split(",")
+            found, missing = bench_backends(
+                preset,
+                names,
+                checkpoint,
+                seconds,
+                [int(b) for b in batches.split(",") if b],
+                args.cache_dir,
+            )
+            timings += found
+            skipped += missing
     if "paper" in args.presets.split(",") and "onnx" not in args.paper_backends.split(","):
         skipped.append(
             "paper/onnx: its 692 M parameters (2.8 GB in fp32) exceed the 2 GB single-file ONNX "

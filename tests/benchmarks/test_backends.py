@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.backends import Timing, markdown, median_time, targets
+from benchmarks.backends import Timing, interleaved_times, markdown, median_time, targets
 
 INFO = {
     "date": "2026-11-21",
@@ -59,3 +59,14 @@ def test_median_time_runs_a_warm_up_first() -> None:
     median, least = median_time(lambda: calls.append(1), 3)
     assert len(calls) == 4
     assert 0 <= least <= median
+
+
+def test_interleaved_times_take_turns_and_rotate_the_starting_run() -> None:
+    calls: list[str] = []
+    runs = [lambda: calls.append("a"), lambda: calls.append("b"), lambda: calls.append("c")]
+    figures = interleaved_times(runs, 3)
+    warm_up, rounds = calls[:3], calls[3:]
+    assert warm_up == ["a", "b", "c"]
+    assert rounds == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert len(figures) == 3
+    assert all(0 <= least <= median for median, least in figures)
