@@ -80,23 +80,20 @@ class InferenceEngine:
         self.ready = False
 
     async def start(self) -> None:
-        """Start the batcher and run every path once (the window path at its largest batch on
-        every worker at once), so the first real request is not slow."""
+        """Start the batcher and run every path once (the window path at its largest batch), so
+        the first real request is not slow."""
         self._task = asyncio.create_task(self._batch_loop(), name="pmmtalk-window-batcher")
         identity = await self.identity(None)
         style = self.animator.style_vector(None)
         silence = np.zeros(round(WARMUP_AUDIO_S * SAMPLE_RATE_HZ), dtype=np.float32)
         await self.animate(silence, identity, style)
         wave = np.zeros(self.window.window_samples, dtype=np.float32)
-        # A full batch on every worker at once, not one window: the runtime sizes its buffers
-        # for the largest concurrent calls now, so resident memory does not step up later, the
-        # first time many streams coincide. With one full batch only, a 10-minute soak at 15
-        # streams stepped from 255 to 291 MB after its first minute, as calls of 8 windows
-        # first ran side by side (then flat for the last 5 minutes).
+        # A full batch, not one window: the runtime sizes its buffers for the largest batch now,
+        # so resident memory does not step up later, the first time many streams coincide.
         await asyncio.gather(
             *(
                 self.submit_window(wave, identity, style, 0, None)
-                for _ in range(self.workers * self._batch.max_batch_size)
+                for _ in range(self._batch.max_batch_size)
             )
         )
         self.ready = True

@@ -43,7 +43,6 @@ class FakeBackend:
         self.running = 0
         self.most_at_once = 0
         self.calls = 0
-        self.batch_sizes: list[int] = []
         self.release = threading.Event()  # never set: a short pause stands in for compute
         self.barrier = threading.Barrier(meet) if meet else None
         self.hold: threading.Event | None = None
@@ -67,7 +66,6 @@ class FakeBackend:
         with self._lock:
             self.running += 1
             self.calls += 1
-            self.batch_sizes.append(len(waves))
             self.most_at_once = max(self.most_at_once, self.running)
         try:
             if self.barrier is not None:
@@ -114,7 +112,8 @@ def test_a_concurrent_backend_gets_two_batches_at_once() -> None:
     backend = FakeBackend(concurrent_calls=2, meet=2)
     engine = make_engine(backend)
 
-    # Not `start`: its warm-up runs its own batches. The batcher runs as `start` runs it.
+    # Not `start`: its warm-up is one batch, which would wait at the barrier alone. The batcher
+    # runs as `start` runs it.
     async def scenario() -> list[np.ndarray]:
         engine._task = asyncio.create_task(engine._batch_loop())
         try:
@@ -215,19 +214,3 @@ def test_each_window_gets_its_own_carry_back() -> None:
     # One batch of three: the fake numbers each stream's windows, so each carry came back to
     # the window that sent its predecessor's.
     assert asyncio.run(scenario()) == [0.0, 5.0, 10.0]
-
-
-def test_start_warms_every_worker_with_a_full_batch_at_once() -> None:
-    # Both warm-up calls must meet at the barrier: they run side by side, as the largest
-    # concurrent calls of a busy server do.
-    backend = FakeBackend(concurrent_calls=2, meet=2)
-    engine = make_engine(backend, max_batch_size=4)
-
-    async def scenario() -> None:
-        await engine.start()
-        assert engine.ready
-        await engine.close()
-
-    asyncio.run(scenario())
-    assert backend.most_at_once == 2
-    assert backend.batch_sizes == [4, 4]
