@@ -599,9 +599,9 @@ def markdown(result: BenchResult) -> str:
             "",
             "## Offline real-time factor",
             "",
-            "Whole clips through each backend in this process; median of several runs after a "
-            "warm-up (7 for 1 s, 5 for 10 s, 3 for 60 s). Real-time factor = compute seconds "
-            "per second of audio.",
+            "Whole clips through each backend in this process, the backends timed in turn on "
+            "the same inputs; median of several runs after a warm-up (7 for 1 s, 5 for 10 s, "
+            "3 for 60 s). Real-time factor = compute seconds per second of audio.",
             "",
             "| preset | backend | device | clip | median | real-time factor | x real time |",
             "| --- | --- | --- | --- | --- | --- | --- |",
