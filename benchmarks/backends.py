@@ -62,12 +62,6 @@ class Timing:
         return self.size if self.case == "clip" else 0.0
 
 
-def median_time(run: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """(median, min) wall seconds of ``repeats`` calls of ``run`` after one warm-up call."""
-    ((median, least),) = interleaved_times([run], repeats)
-    return median, least
-
-
 def interleaved_times(
     runs: Sequence[Callable[[], object]], repeats: int
 ) -> list[tuple[float, float]]:

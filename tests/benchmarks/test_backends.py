@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.backends import Timing, interleaved_times, markdown, median_time, targets
+from benchmarks.backends import Timing, interleaved_times, markdown, targets
 
 INFO = {
     "date": "2026-11-21",
@@ -52,13 +52,6 @@ def test_report_tables_carry_every_timing() -> None:
     # 4 windows of 0.2 s hop per 0.2 s call: 4 streams kept in real time.
     assert "| lite | onnx | cpu | 4 | 0.2000 s | 0.0500 s | 4.0 |" in report
     assert "commit `abc1234`" in report
-
-
-def test_median_time_runs_a_warm_up_first() -> None:
-    calls: list[int] = []
-    median, least = median_time(lambda: calls.append(1), 3)
-    assert len(calls) == 4
-    assert 0 <= least <= median
 
 
 def test_interleaved_times_take_turns_and_rotate_the_starting_run() -> None:
