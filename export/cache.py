@@ -55,7 +55,7 @@ DEFAULT_CACHE_DIR: Final = Path("~/.cache/pmmtalk")
 EXPORTS_DIR: Final = "exports"
 MANIFEST_FILE: Final = "manifest.json"
 MANIFEST_FORMAT: Final = "pmmtalk-onnx-export"
-EXPORTER_VERSION: Final = 3
+EXPORTER_VERSION: Final = 4
 """Bump when the exported graphs or the manifest change meaning: older entries then re-export."""
 DIGEST_PREFIX_CHARS: Final = 16
 HASH_CHUNK_BYTES: Final = 1 << 20

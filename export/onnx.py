@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from export.attention import banded_swaps
 from export.generator import SkipSplitWav2Lip
 from export.graphs import (
     DEFAULT_WINDOW,
@@ -174,27 +175,35 @@ if f"{DftLogMel.__module__}.{DftLogMel.__qualname__}" != FRONT_END_CLASS:
 
 
 @contextmanager
-def _speech_graph_stand_ins(model: PMMTalk) -> Iterator[None]:
+def _speech_graph_stand_ins(model: PMMTalk, *, banded: bool) -> Iterator[None]:
     """Trace the speech graphs with their export stand-ins in place, and with PyTorch's plain
     transformer layers.
 
     ``model.mel`` becomes `DftLogMel` (ONNX Runtime's STFT is too inexact) and
     ``model.generator`` becomes `export.generator.SkipSplitWav2Lip` (each identity skip's share
-    of the next layer computed once per face instead of once per frame). Both compute the same
-    function as the modules they stand in for. Swapped in place and back rather than copying the
-    model, which would double its memory. In eval mode `nn.TransformerEncoderLayer` takes a
-    fused "fast path" when given an attention mask (the banded image encoder does), an operator
-    the ONNX exporter cannot translate; the plain path computes the same.
+    of the next layer computed once per face instead of once per frame). With ``banded`` every
+    banded attention layer becomes its `export.attention` stand-in (each query chunk against its
+    band of keys only). All compute the same function as the modules they stand in for.
+    Swapped in place and back rather than copying the model, which would double its memory. In
+    eval mode `nn.TransformerEncoderLayer` takes a fused "fast path" when given an attention
+    mask (the banded image encoder does), an operator the ONNX exporter cannot translate; the
+    plain path computes the same.
     """
     mel, generator = model.mel, model.generator
+    swaps = banded_swaps(model) if banded else []
+    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in swaps]
     fast_path = torch.backends.mha.get_fastpath_enabled()
     model.mel = DftLogMel().to(mel.mel_basis.device)
     model.generator = SkipSplitWav2Lip(generator)
+    for owner, name, stand_in in swaps:
+        setattr(owner, name, stand_in)
     torch.backends.mha.set_fastpath_enabled(False)
     try:
         yield
     finally:
         model.mel, model.generator = mel, generator
+        for owner, name, original in originals:
+            setattr(owner, name, original)
         torch.backends.mha.set_fastpath_enabled(fast_path)
 
 
@@ -362,7 +371,7 @@ def export_speech_to_frames(model: PMMTalk, path: str | Path) -> Path:
     names = identity_names(cfg)
     identity = [t.detach() for t in model.encode_face(_face_input(cfg))]
     dynamic_shapes: tuple[Any, ...] = ({1: torch.export.Dim.DYNAMIC}, None, [None] * len(identity))
-    with torch.no_grad(), _speech_graph_stand_ins(model):
+    with torch.no_grad(), _speech_graph_stand_ins(model, banded=True):
         torch.onnx.export(
             SpeechToFrames(model).eval(),
             (torch.randn(1, 16_000), torch.randn(1, cfg.decoder.style_dim), identity),
@@ -432,7 +441,9 @@ def export_stream_window(
     )
     inputs = ["wave", "style", "frame_offset", "carry", "fresh_start", *names]
     outputs = ["blendshapes", "carry_out"]
-    with torch.no_grad(), _speech_graph_stand_ins(model):
+    # A window is short (90 latent frames by default): chunked attention saves little there
+    # and its extra nodes cost more, about 2-4 % per window call under ONNX Runtime.
+    with torch.no_grad(), _speech_graph_stand_ins(model, banded=False):
         torch.onnx.export(
             StreamWindowGraph(model, window).eval(),
             example,

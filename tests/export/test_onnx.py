@@ -221,14 +221,18 @@ def test_cli_prints_the_parity_table_of_the_cached_export(
     assert all(float(row[-2]) <= PARITY_TOLERANCE for row in rows)
 
 
-def test_a_model_with_banded_image_encoder_and_decoder_exports_faithfully(
+def test_a_model_with_banded_attention_everywhere_exports_faithfully(
     tiny_config: PMMTalkConfig, tmp_path: Path
 ) -> None:
-    """With an attention mask, PyTorch's transformer layers take a fused fast path in eval mode
-    that the ONNX exporter cannot translate, and check the mask with a data-dependent test that
-    torch.export cannot trace; the export must take the plain path and still match."""
+    """Every attention banded, as in the lite preset. The speech-to-frames graph then computes
+    attention chunk by chunk (`export.attention`), which must match the masked form on a clip
+    shorter than one chunk and on one of several chunks. With a mask, PyTorch's transformer
+    layers also take a fused fast path in eval mode that the ONNX exporter cannot translate; the
+    export must take the plain path and restore the setting."""
     config = dataclasses.replace(
         tiny_config,
+        audio=dataclasses.replace(tiny_config.audio, attention_span_s=(0.5, 0.1)),
+        text=dataclasses.replace(tiny_config.text, attention_span_s=(0.3, 0.2)),
         image=dataclasses.replace(tiny_config.image, attention_span_s=(0.2, 0.1)),
         decoder=dataclasses.replace(tiny_config.decoder, attention_span_s=0.2),
     )
@@ -236,15 +240,19 @@ def test_a_model_with_banded_image_encoder_and_decoder_exports_faithfully(
     model = PMMTalk(config).eval()
     path = export_speech_to_frames(model, tmp_path / SPEECH_TO_FRAMES_FILE)
     assert torch.backends.mha.get_fastpath_enabled()  # restored after the export
+    assert type(model.decoder.layers[0].biased_attention).__name__ == "SelfAttention"  # restored
     size = config.wav2lip.img_size
     face = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(4))
-    wave = 0.3 * torch.randn(1, 32_000, generator=torch.Generator().manual_seed(5))
     identity = [t.detach() for t in model.encode_face(face)]
     style = model.decoder.style_table.weight.mean(dim=0, keepdim=True)
-    with torch.no_grad():
-        expected = model(wave, face, style=style).blendshapes.numpy()
     session = ort.InferenceSession(str(path), providers=CPU)
-    feeds = {"wave": wave.numpy(), "style": style.detach().numpy()}
-    feeds.update({n: t.numpy() for n, t in zip(identity_names(config), identity, strict=True)})
-    (got,) = session.run(["blendshapes"], feeds)
-    np.testing.assert_allclose(got, expected, rtol=0, atol=PARITY_TOLERANCE)
+    # 0.25 s: 12 latent frames, less than a chunk; 5 s: 250 latent frames, 8 chunks.
+    for samples in (4_000, 80_000):
+        wave = 0.3 * torch.randn(1, samples, generator=torch.Generator().manual_seed(samples))
+        with torch.no_grad():
+            expected = model(wave, face, style=style).blendshapes.numpy()
+        feeds = {"wave": wave.numpy(), "style": style.detach().numpy()}
+        feeds.update({n: t.numpy() for n, t in zip(identity_names(config), identity, strict=True)})
+        (got,) = session.run(["blendshapes"], feeds)
+        assert got.shape == expected.shape == (1, num_frames(samples, 16_000), 32)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=PARITY_TOLERANCE)
