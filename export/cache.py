@@ -159,7 +159,29 @@ def _versions() -> dict[str, str]:
 
 
 def file_entry(path: Path) -> dict[str, Any]:
+    """Name, size and sha256 of a graph file, and under ``external_data`` the same for each
+    side file holding its weights (`export.external`; none for a single-file graph)."""
+    from export.external import external_files
+
+    entry: dict[str, Any] = _hashed(path)
+    side = external_files(path)
+    if side:
+        entry["external_data"] = [_hashed(path.parent / name) for name in side]
+    return entry
+
+
+def _hashed(path: Path) -> dict[str, Any]:
     return {"name": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def _entry_problem(folder: Path, entry: dict[str, Any]) -> str | None:
+    """Why a recorded file entry does not match the file on disk, or None when it does."""
+    path = folder / str(entry.get("name"))
+    if not path.is_file():
+        return f"{path.name} is missing"
+    if path.stat().st_size != entry.get("bytes") or file_sha256(path) != entry.get("sha256"):
+        return f"{path.name} does not match its recorded sha256 (altered or corrupt)"
+    return None
 
 
 def _write_json_atomic(path: Path, document: dict[str, Any]) -> None:
@@ -264,11 +286,10 @@ def verify_export(
         entry = files.get(graph)
         if not isinstance(entry, dict):
             return f"the manifest lists no {graph} file"
-        path = folder / str(entry.get("name"))
-        if not path.is_file():
-            return f"{path.name} is missing"
-        if path.stat().st_size != entry.get("bytes") or file_sha256(path) != entry.get("sha256"):
-            return f"{path.name} does not match its recorded sha256 (altered or corrupt)"
+        for recorded in [entry, *entry.get("external_data", [])]:
+            problem = _entry_problem(folder, recorded)
+            if problem is not None:
+                return problem
     return None
 
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from export.attention import banded_swaps
+from export.external import needs_external_data
 from export.generator import SkipSplitWav2Lip
 from export.graphs import (
     DEFAULT_WINDOW,
@@ -305,9 +306,10 @@ def _finish(path: Path, props: dict[str, str], axis_names: dict[str, dict[int, s
     """Write ``props`` into the file's metadata and give its dynamic axes readable names.
 
     torch.export names a dynamic axis after its symbolic expression (``s21``,
-    ``((30*s21 + 15999)//16000)``); callers see ``samples`` and ``frames`` instead.
+    ``((30*s21 + 15999)//16000)``); callers see ``samples`` and ``frames`` instead. A graph
+    with external data (`export.external`) keeps its side file: only the graph is rewritten.
     """
-    proto = onnx.load(str(path))
+    proto = onnx.load(str(path), load_external_data=False)
     for value in [*proto.graph.input, *proto.graph.output]:
         for axis, name in axis_names.get(value.name, {}).items():
             value.type.tensor_type.shape.dim[axis].dim_param = name
@@ -346,7 +348,7 @@ def export_face_encoder(model: PMMTalk, path: str | Path) -> Path:
             opset_version=OPSET_VERSION,
             dynamo=True,
             custom_translation_table=CUSTOM_TRANSLATIONS,
-            external_data=False,
+            external_data=needs_external_data(model),
             verbose=False,
         )
     _finish(out, metadata(model.cfg, {"outputs": json.dumps(names)}), {})
@@ -382,7 +384,7 @@ def export_speech_to_frames(model: PMMTalk, path: str | Path) -> Path:
             opset_version=OPSET_VERSION,
             dynamo=True,
             custom_translation_table=CUSTOM_TRANSLATIONS,
-            external_data=False,
+            external_data=needs_external_data(model),
             verbose=False,
         )
     props = metadata(
@@ -454,7 +456,7 @@ def export_stream_window(
             opset_version=OPSET_VERSION,
             dynamo=True,
             custom_translation_table=CUSTOM_TRANSLATIONS,
-            external_data=False,
+            external_data=needs_external_data(model),
             verbose=False,
         )
     props = metadata(

@@ -39,6 +39,7 @@ from export.cache import (
     read_manifest,
     update_manifest,
 )
+from export.external import save_graph, too_big_for_one_file
 from export.graphs import front_end_nodes
 from export.onnx import (
     ExportedModel,
@@ -91,7 +92,7 @@ def convert_fp16(source: str | Path, target: str | Path) -> list[str]:
     converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=kept)
     _repair_fp16_casts(converted.graph)
     onnx.checker.check_model(converted)
-    onnx.save(converted, str(target))
+    save_graph(converted, target)
     return kept
 
 
@@ -199,6 +200,7 @@ def quantize_int8(source: str | Path, target: str | Path) -> list[str]:
             per_channel=False,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=kept,
+            use_external_data_format=too_big_for_one_file(model),
         )
     finally:
         root.removeFilter(advice)

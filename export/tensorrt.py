@@ -57,6 +57,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from export.external import save_graph
 from export.graphs import front_end_nodes, graph_files
 
 logger = logging.getLogger(__name__)
@@ -775,7 +776,7 @@ def build_engines(
         if fp16:
             mixed, report = to_mixed_precision(onnx.load(str(source)))
             source = out / f"{name}.fp16.onnx"  # kept: the exact graph the engine was built from
-            onnx.save(mixed, str(source))
+            save_graph(mixed, source)
             fp16_nodes, fp32_nodes = report.fp16_nodes, report.fp32_nodes
         plan = out / f"{name}{PLAN_SUFFIX}"
         plan.write_bytes(_build_plan(rt, builder, source, profiles[name], cache, trt_logger))

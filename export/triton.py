@@ -33,6 +33,7 @@ from typing import Final, Literal
 import onnx
 from onnx import TensorProto
 
+from export.external import external_files
 from export.graphs import graph_files
 
 logger = logging.getLogger(__name__)
@@ -227,19 +228,6 @@ def render_config(
     return "\n".join(lines) + "\n"
 
 
-def _external_files(onnx_path: Path) -> list[str]:
-    """Where an ONNX model keeps weights outside itself (external data), relative to it."""
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    locations = {
-        entry.value
-        for init in model.graph.initializer
-        if init.data_location == TensorProto.EXTERNAL
-        for entry in init.external_data
-        if entry.key == "location"
-    }
-    return sorted(locations)
-
-
 def write_triton_repository(
     export_dir: str | Path,
     out_dir: str | Path,
@@ -288,7 +276,7 @@ def write_triton_repository(
         version = folder / MODEL_VERSION
         version.mkdir(parents=True)
         shutil.copyfile(files[name], version / MODEL_FILE)
-        for location in _external_files(files[name]):
+        for location in external_files(files[name]):
             (version / location).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(files[name].parent / location, version / location)
         (folder / CONFIG_FILE).write_text(
