@@ -13,7 +13,9 @@ windows and 50 Hz -> 30 fps interpolation are all computed inside the graph from
 The log-mel front end is exported through `DftLogMel`, which computes the STFT as a two-stage DFT
 of matrix products rather than ONNX's STFT operator (see there why), and the generator through
 `export.generator.SkipSplitWav2Lip`, which adds each identity skip's share of the following layer
-once per face rather than once per frame.
+once per face rather than once per frame. In ``speech_to_frames.onnx`` every banded attention
+layer runs through its `export.attention` stand-in, which scores each chunk of queries against
+the keys its band reaches rather than every frame against every other under a mask.
 """
 
 from __future__ import annotations
